@@ -1,0 +1,232 @@
+"""Pure-function decoder for the Llama family (Llama/SmolLM2, Qwen2/2.5, Qwen3).
+
+``params`` is a pytree of arrays in Hugging Face orientation (``[out, in]``), with the per-layer
+weights stacked on a leading layer axis and run under `jax.lax.scan`:
+
+    {"embed": [V, H], "final_norm": [H], "lm_head": [V, H] (untied only),
+     "layers": {"input_norm", "post_norm": [L, H], "q_proj".."down_proj": [L, out, in],
+                "q_bias", "k_bias", "v_bias": [L, out] (Qwen2), "q_norm", "k_norm": [L, D] (Qwen3)}}
+
+Matmuls run in the parameters' dtype; norms, rotary angles, attention scores and softmax in float32.
+A `LoRA` passed as ``lora=`` adds ``scaling * (x @ Aᵀ) @ Bᵀ`` beside each target projection; with a
+leading adapter axis, row i of the batch uses adapter i.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from llgbm_jax.lora import LoRA, layer_slices
+from llgbm_jax.models.config import ModelConfig
+
+_NEG = -1e30  # finite mask value: a fully masked (padding) query row gives uniform weights, not NaN
+
+
+class KVCache(NamedTuple):
+    k: jax.Array  # [L, B, T, KV, D]
+    v: jax.Array  # [L, B, T, KV, D]
+    valid: jax.Array  # [B, T] bool: slot holds a real token
+    index: jax.Array  # int32 scalar: next slot to write
+
+
+def init_cache(config: ModelConfig, batch: int, length: int, dtype) -> KVCache:
+    shape = (config.num_layers, batch, length, config.num_kv_heads, config.head_dim)
+    return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros((batch, length), bool),
+                   jnp.zeros((), jnp.int32))
+
+
+def position_ids(attention_mask: jax.Array) -> jax.Array:
+    """Positions counted over real tokens only, so padding on either side never shifts them."""
+    return jnp.maximum(jnp.cumsum(attention_mask.astype(jnp.int32), axis=-1) - 1, 0)
+
+
+def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
+    xf = x.astype(jnp.float32)
+    y = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps)
+    return (weight.astype(jnp.float32) * y).astype(x.dtype)
+
+
+def rope_inv_freq(config: ModelConfig) -> np.ndarray:
+    d = config.head_dim
+    inv = 1.0 / (config.rope_theta ** (np.arange(0, d, 2, dtype=np.float32) / np.float32(d)))
+    scaling = dict(config.rope_scaling or ())
+    kind = scaling.get("rope_type", scaling.get("type", "default"))
+    if kind == "default":
+        return inv.astype(np.float32)
+    if kind == "linear":
+        return (inv / scaling["factor"]).astype(np.float32)
+    if kind == "llama3":
+        factor, lo, hi = scaling["factor"], scaling["low_freq_factor"], scaling["high_freq_factor"]
+        old = scaling["original_max_position_embeddings"]
+        wavelen = 2 * math.pi / inv
+        scaled = np.where(wavelen > old / lo, inv / factor, inv)
+        smooth = (old / wavelen - lo) / (hi - lo)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = ~(wavelen < old / hi) & ~(wavelen > old / lo)
+        return np.where(medium, smoothed, scaled).astype(np.float32)
+    raise NotImplementedError(f"rope scaling type {kind!r} is not supported")
+
+
+def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """x: [B, S, heads, D]; cos/sin: [B, S, D] (float32)."""
+    half = x.shape[-1] // 2
+    xf = x.astype(jnp.float32)
+    rotated = jnp.concatenate([-xf[..., half:], xf[..., :half]], axis=-1)
+    return (xf * cos[:, :, None] + rotated * sin[:, :, None]).astype(x.dtype)
+
+
+def _project(x, weight, bias=None, lora_ab=None, scaling=1.0):
+    y = jnp.einsum("bsi,oi->bso", x, weight)
+    if bias is not None:
+        y = y + bias
+    if lora_ab is not None:
+        a, b = lora_ab
+        a, b = a.astype(x.dtype), b.astype(x.dtype)
+        if a.ndim == 2:  # one adapter for the whole batch
+            y = y + scaling * jnp.einsum("bsr,or->bso", jnp.einsum("bsi,ri->bsr", x, a), b)
+        else:  # one adapter per batch row
+            y = y + scaling * jnp.einsum("bsr,bor->bso", jnp.einsum("bsi,bri->bsr", x, a), b)
+    return y
+
+
+def _attend(q, k, v, q_slots, kv_valid):
+    """q: [B,S,H,D]; k, v: [B,T,KV,D]; q_slots: [S] slot index of each query; kv_valid: [B,T]."""
+    b, s, h, d = q.shape
+    kv = k.shape[2]
+    q = q.reshape(b, s, kv, h // kv, d)
+    scores = jnp.einsum("bskgd,btkd->bkgst", q, k, preferred_element_type=jnp.float32) * (d ** -0.5)
+    allowed = kv_valid[:, None, :] & (jnp.arange(k.shape[1])[None, None, :] <= q_slots[None, :, None])
+    scores = jnp.where(allowed[:, None, None], scores, _NEG)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    return jnp.einsum("bkgst,btkd->bskgd", probs, v).reshape(b, s, h * d)
+
+
+def _layer(config: ModelConfig, scaling: float, h, lp, ll, cos, sin, attn_args):
+    """One decoder block. ``attn_args`` is ``(q_slots, kv_valid, kv_cache_layer_or_None, index)``."""
+    ll = ll or {}
+    b, s, _ = h.shape
+    nh, nkv, d = config.num_heads, config.num_kv_heads, config.head_dim
+    x = rms_norm(h, lp["input_norm"], config.rms_norm_eps)
+    q = _project(x, lp["q_proj"], lp.get("q_bias"), ll.get("q_proj"), scaling).reshape(b, s, nh, d)
+    k = _project(x, lp["k_proj"], lp.get("k_bias"), ll.get("k_proj"), scaling).reshape(b, s, nkv, d)
+    v = _project(x, lp["v_proj"], lp.get("v_bias"), ll.get("v_proj"), scaling).reshape(b, s, nkv, d)
+    if config.qk_norm:
+        q = rms_norm(q, lp["q_norm"], config.rms_norm_eps)
+        k = rms_norm(k, lp["k_norm"], config.rms_norm_eps)
+    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    q_slots, kv_valid, layer_cache, index = attn_args
+    if layer_cache is not None:
+        kc, vc = layer_cache
+        kc = jax.lax.dynamic_update_slice(kc, k.astype(kc.dtype), (0, index, 0, 0))
+        vc = jax.lax.dynamic_update_slice(vc, v.astype(vc.dtype), (0, index, 0, 0))
+        k, v, layer_cache = kc, vc, (kc, vc)
+    attn = _attend(q, k, v, q_slots, kv_valid)
+    h = h + _project(attn, lp["o_proj"], None, ll.get("o_proj"), scaling)
+    x = rms_norm(h, lp["post_norm"], config.rms_norm_eps)
+    gate = _project(x, lp["gate_proj"], None, ll.get("gate_proj"), scaling)
+    up = _project(x, lp["up_proj"], None, ll.get("up_proj"), scaling)
+    h = h + _project(jax.nn.silu(gate) * up, lp["down_proj"], None, ll.get("down_proj"), scaling)
+    return h, layer_cache
+
+
+def forward(params, config: ModelConfig, input_ids, attention_mask, lora: LoRA | None = None, *,
+            positions=None, cache: KVCache | None = None, remat: bool = False):
+    """Run the decoder. Returns ``(hidden [B, S, H] after the final norm, updated cache or None)``.
+
+    Without a cache, attention is causal over this sequence, restricted to ``attention_mask``.
+    With a cache, the new keys/values are written at ``cache.index`` and queries attend to every
+    valid cached slot at or before their own.
+    """
+    input_ids = jnp.asarray(input_ids)
+    attention_mask = jnp.asarray(attention_mask)
+    b, s = input_ids.shape
+    if lora is not None and lora.batch_shape not in ((), (b,)):
+        raise ValueError(f"LoRA batch shape {lora.batch_shape} does not match input batch {b}")
+    if positions is None:
+        positions = position_ids(attention_mask)
+    angles = positions[..., None].astype(jnp.float32) * jnp.asarray(rope_inv_freq(config))
+    angles = jnp.concatenate([angles, angles], axis=-1)
+    cos, sin = jnp.cos(angles), jnp.sin(angles)
+
+    h = params["embed"][input_ids]
+    scaling = lora.scaling if lora is not None else 1.0
+    lora_xs = layer_slices(lora)
+
+    if cache is None:
+        q_slots, kv_valid, index = jnp.arange(s), attention_mask.astype(bool), None
+    else:
+        index = cache.index
+        q_slots = index + jnp.arange(s)
+        kv_valid = jax.lax.dynamic_update_slice(cache.valid, attention_mask.astype(bool), (0, index))
+
+    def body(carry, xs):
+        h, kc, vc = carry
+        lp, ll, i = xs
+        layer_cache = None if kc is None else (kc[i], vc[i])
+        h, layer_cache = _layer(config, scaling, h, lp, ll, cos, sin, (q_slots, kv_valid, layer_cache, index))
+        if kc is not None:
+            kc, vc = kc.at[i].set(layer_cache[0]), vc.at[i].set(layer_cache[1])
+        return (h, kc, vc), None
+
+    if remat:
+        body = jax.checkpoint(body)
+    kc0, vc0 = (None, None) if cache is None else (cache.k, cache.v)
+    (h, kc, vc), _ = jax.lax.scan(body, (h, kc0, vc0), (params["layers"], lora_xs, jnp.arange(config.num_layers)))
+    h = rms_norm(h, params["final_norm"], config.rms_norm_eps)
+    new_cache = None if cache is None else KVCache(kc, vc, kv_valid, index + s)
+    return h, new_cache
+
+
+def lm_head(params, config: ModelConfig, hidden):
+    """Logits in float32 from final hidden states ``[..., H]``."""
+    w = params["embed"] if config.tie_word_embeddings else params["lm_head"]
+    return jnp.einsum("...h,vh->...v", hidden, w, preferred_element_type=jnp.float32)
+
+
+def logits(params, config: ModelConfig, input_ids, attention_mask, lora: LoRA | None = None):
+    return lm_head(params, config, forward(params, config, input_ids, attention_mask, lora)[0])
+
+
+@functools.partial(jax.jit, static_argnames=("config", "max_new_tokens", "eos_ids", "pad_id"))
+def generate(params, config: ModelConfig, input_ids, attention_mask, lora: LoRA | None = None, *,
+             max_new_tokens: int, eos_ids: tuple[int, ...], pad_id: int):
+    """Greedy decoding with a KV cache inside one jitted `lax.while_loop`.
+
+    Works with left or right padding. Returns ``[B, max_new_tokens]`` new token ids; a row that
+    emitted an end-of-sequence token is filled with ``pad_id`` afterwards (as transformers does).
+    The loop stops early once every row has finished.
+    """
+    b, p = input_ids.shape
+    cache = init_cache(config, b, p + max_new_tokens, params["embed"].dtype)
+    pos = position_ids(attention_mask)
+    h, cache = forward(params, config, input_ids, attention_mask, lora, positions=pos, cache=cache)
+    last = jnp.maximum(jnp.sum(attention_mask, axis=-1) - 1, 0)
+    if p > 0:  # left padding: the last column is real; right padding: the last real token
+        last = jnp.where(attention_mask[:, -1] > 0, p - 1, last)
+    first = jnp.argmax(lm_head(params, config, h[jnp.arange(b), last]), axis=-1).astype(jnp.int32)
+    next_pos = jnp.max(jnp.where(attention_mask > 0, pos, -1), axis=-1) + 1
+    eos = jnp.asarray(eos_ids, jnp.int32)
+
+    def cond(state):
+        i, _, done, *_ = state
+        return (i < max_new_tokens) & ~jnp.all(done)
+
+    def body(state):
+        i, tokens, done, tok, pos, cache = state
+        tok = jnp.where(done, pad_id, tok)
+        tokens = tokens.at[:, i].set(tok)
+        done = done | jnp.isin(tok, eos)
+        h, cache = forward(params, config, tok[:, None], jnp.ones((b, 1), jnp.int32), lora,
+                           positions=pos[:, None], cache=cache)
+        nxt = jnp.argmax(lm_head(params, config, h[:, 0]), axis=-1).astype(jnp.int32)
+        return i + 1, tokens, done, nxt, pos + 1, cache
+
+    tokens = jnp.full((b, max_new_tokens), pad_id, jnp.int32)
+    state = (jnp.int32(0), tokens, jnp.zeros((b,), bool), first, next_pos, cache)
+    return jax.lax.while_loop(cond, body, state)[1]
