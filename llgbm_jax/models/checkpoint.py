@@ -66,6 +66,8 @@ def _cast(params, dtype):
 
 
 def load_checkpoint_tokenizer(path: str):
+    """The saved tokenizer, or None if the checkpoint was written without one."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(os.path.join(path, "tokenizer"))
+    folder = os.path.join(path, "tokenizer")
+    return AutoTokenizer.from_pretrained(folder) if os.path.isdir(folder) else None

@@ -80,6 +80,15 @@ class ModelConfig:
             eos_ids = tuple(eos) if isinstance(eos, (list, tuple)) else (() if eos is None else (eos,))
             if model_type == "llama" and hf.get("mlp_bias"):
                 raise ValueError(f"{source}: mlp_bias=True is not supported")
+            if hf.get("hidden_act", "silu") != "silu":
+                raise ValueError(f"{source}: hidden_act={hf['hidden_act']!r} is not supported (only silu)")
+            if hf.get("use_sliding_window"):
+                raise ValueError(f"{source}: use_sliding_window=True is not supported")
+            if rope_type not in ("default", "linear", "llama3"):
+                raise ValueError(f"{source}: rope scaling type {rope_type!r} is not supported "
+                                 "(default, linear, llama3)")
+            if model_type in ("llama", "qwen3") and hf.get("attention_bias"):  # it adds an o_proj bias too
+                raise ValueError(f"{source}: attention_bias=True (with its o_proj bias) is not supported")
             return cls(
                 model_type=model_type,
                 vocab_size=hf["vocab_size"],

@@ -8,8 +8,9 @@ weights stacked on a leading layer axis and run under `jax.lax.scan`:
                 "q_bias", "k_bias", "v_bias": [L, out] (Qwen2), "q_norm", "k_norm": [L, D] (Qwen3)}}
 
 Matmuls run in the parameters' dtype; norms, rotary angles, attention scores and softmax in float32.
-A `LoRA` passed as ``lora=`` adds ``scaling * (x @ Aᵀ) @ Bᵀ`` beside each target projection; with a
-leading adapter axis, row i of the batch uses adapter i.
+A `LoRA` passed as ``lora=`` adds ``scaling * (x @ Aᵀ) @ Bᵀ`` beside each target projection (low rank,
+never merged; per-layer scalings as `LoRA.scales`); with a leading adapter axis, row i of the batch
+uses adapter i.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from llgbm_jax.lora import LoRA, layer_slices
+from llgbm_jax.lora import LoRA, check_lora, layer_slices
 from llgbm_jax.models.config import ModelConfig
 
 _NEG = -1e30  # finite mask value: a fully masked (padding) query row gives uniform weights, not NaN
@@ -81,17 +82,21 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     return (xf * cos[:, :, None] + rotated * sin[:, :, None]).astype(x.dtype)
 
 
-def _project(x, weight, bias=None, lora_ab=None, scaling=1.0):
+def _project(x, weight, bias=None, lora=None):
+    """``x @ Wᵀ (+ bias)``, plus the low-rank LoRA term ``((x @ Aᵀ) * scales) @ Bᵀ`` when ``lora`` is
+    ``(A, B, scales)`` for this layer (``scales``: per rank slot, see `LoRAConfig.scales`)."""
     y = jnp.einsum("bsi,oi->bso", x, weight)
     if bias is not None:
         y = y + bias
-    if lora_ab is not None:
-        a, b = lora_ab
+    if lora is not None:
+        a, b, scales = lora
         a, b = a.astype(x.dtype), b.astype(x.dtype)
         if a.ndim == 2:  # one adapter for the whole batch
-            y = y + scaling * jnp.einsum("bsr,or->bso", jnp.einsum("bsi,ri->bsr", x, a), b)
+            t = jnp.einsum("bsi,ri->bsr", x, a) * scales.astype(x.dtype)
+            y = y + jnp.einsum("bsr,or->bso", t, b)
         else:  # one adapter per batch row
-            y = y + scaling * jnp.einsum("bsr,bor->bso", jnp.einsum("bsi,bri->bsr", x, a), b)
+            t = jnp.einsum("bsi,bri->bsr", x, a) * scales.astype(x.dtype)
+            y = y + jnp.einsum("bsr,bor->bso", t, b)
     return y
 
 
@@ -107,15 +112,15 @@ def _attend(q, k, v, q_slots, kv_valid):
     return jnp.einsum("bkgst,btkd->bskgd", probs, v).reshape(b, s, h * d)
 
 
-def _layer(config: ModelConfig, scaling: float, h, lp, ll, cos, sin, attn_args):
+def _layer(config: ModelConfig, h, lp, ll, cos, sin, attn_args):
     """One decoder block. ``attn_args`` is ``(q_slots, kv_valid, kv_cache_layer_or_None, index)``."""
     ll = ll or {}
     b, s, _ = h.shape
     nh, nkv, d = config.num_heads, config.num_kv_heads, config.head_dim
     x = rms_norm(h, lp["input_norm"], config.rms_norm_eps)
-    q = _project(x, lp["q_proj"], lp.get("q_bias"), ll.get("q_proj"), scaling).reshape(b, s, nh, d)
-    k = _project(x, lp["k_proj"], lp.get("k_bias"), ll.get("k_proj"), scaling).reshape(b, s, nkv, d)
-    v = _project(x, lp["v_proj"], lp.get("v_bias"), ll.get("v_proj"), scaling).reshape(b, s, nkv, d)
+    q = _project(x, lp["q_proj"], lp.get("q_bias"), ll.get("q_proj")).reshape(b, s, nh, d)
+    k = _project(x, lp["k_proj"], lp.get("k_bias"), ll.get("k_proj")).reshape(b, s, nkv, d)
+    v = _project(x, lp["v_proj"], lp.get("v_bias"), ll.get("v_proj")).reshape(b, s, nkv, d)
     if config.qk_norm:
         q = rms_norm(q, lp["q_norm"], config.rms_norm_eps)
         k = rms_norm(k, lp["k_norm"], config.rms_norm_eps)
@@ -127,11 +132,11 @@ def _layer(config: ModelConfig, scaling: float, h, lp, ll, cos, sin, attn_args):
         vc = jax.lax.dynamic_update_slice(vc, v.astype(vc.dtype), (0, index, 0, 0))
         k, v, layer_cache = kc, vc, (kc, vc)
     attn = _attend(q, k, v, q_slots, kv_valid)
-    h = h + _project(attn, lp["o_proj"], None, ll.get("o_proj"), scaling)
+    h = h + _project(attn, lp["o_proj"], None, ll.get("o_proj"))
     x = rms_norm(h, lp["post_norm"], config.rms_norm_eps)
-    gate = _project(x, lp["gate_proj"], None, ll.get("gate_proj"), scaling)
-    up = _project(x, lp["up_proj"], None, ll.get("up_proj"), scaling)
-    h = h + _project(jax.nn.silu(gate) * up, lp["down_proj"], None, ll.get("down_proj"), scaling)
+    gate = _project(x, lp["gate_proj"], None, ll.get("gate_proj"))
+    up = _project(x, lp["up_proj"], None, ll.get("up_proj"))
+    h = h + _project(jax.nn.silu(gate) * up, lp["down_proj"], None, ll.get("down_proj"))
     return h, layer_cache
 
 
@@ -155,7 +160,8 @@ def forward(params, config: ModelConfig, input_ids, attention_mask, lora: LoRA |
     cos, sin = jnp.cos(angles), jnp.sin(angles)
 
     h = params["embed"][input_ids]
-    scaling = lora.scaling if lora is not None else 1.0
+    if lora is not None:
+        check_lora(lora, config)
     lora_xs = layer_slices(lora)
 
     if cache is None:
@@ -169,7 +175,7 @@ def forward(params, config: ModelConfig, input_ids, attention_mask, lora: LoRA |
         h, kc, vc = carry
         lp, ll, i = xs
         layer_cache = None if kc is None else (kc[i], vc[i])
-        h, layer_cache = _layer(config, scaling, h, lp, ll, cos, sin, (q_slots, kv_valid, layer_cache, index))
+        h, layer_cache = _layer(config, h, lp, ll, cos, sin, (q_slots, kv_valid, layer_cache, index))
         if kc is not None:
             kc, vc = kc.at[i].set(layer_cache[0]), vc.at[i].set(layer_cache[1])
         return (h, kc, vc), None

@@ -70,9 +70,15 @@ def load_hf_folder(folder: str, dtype=jnp.float32) -> tuple[ModelConfig, dict]:
     return config, build_params(config, get, where.__contains__, folder, dtype)
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
 def load_hf_tokenizer(folder: str):
+    """The folder's tokenizer, or None for a weights-only folder (no tokenizer files)."""
     from transformers import AutoTokenizer
 
+    if not any(os.path.exists(os.path.join(folder, f)) for f in TOKENIZER_FILES):
+        return None
     return AutoTokenizer.from_pretrained(folder)
 
 

@@ -1,0 +1,46 @@
+"""Shared set-up for the side-by-side benchmarks: same weights, same thread count, medians."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+def threads() -> int:
+    """Use every core for both frameworks (XLA's CPU backend does by default); pin torch to match."""
+    import torch
+
+    n = os.cpu_count() or 1
+    torch.set_num_threads(n)
+    return n
+
+
+def median_time(fn, repeats: int = 5, warmup: int = 2) -> float:
+    """Median wall time of ``fn()`` in seconds; ``fn`` must block until its result is ready."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def load_smollm2_pair(dtype: str = "float32"):
+    """Our `BaseModel` and transformers' PyTorch model, both from the embedded SmolLM2 GGUF."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from llgbm_jax.models import load_base_model
+    from llgbm_jax.models.base_model import embedded_gguf_path
+
+    ours = load_base_model("smollm2-135m-instruct", dtype=dtype)
+    path = embedded_gguf_path("smollm2-135m-instruct")
+    ref = AutoModelForCausalLM.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path),
+                                               dtype=getattr(torch, dtype)).eval()
+    return ours, ref

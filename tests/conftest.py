@@ -1,0 +1,105 @@
+"""Shared fixtures: tiny random transformers models of each family, and the real SmolLM2-135M."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import numpy as np
+import pytest
+import torch
+
+DATA_DIR = os.environ.get("LLGBM_DATA_DIR") or os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
+FAMILIES = ("llama", "qwen2", "qwen3")
+
+_TINY = dict(vocab_size=160, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2, max_position_embeddings=512, rope_theta=10000.0, bos_token_id=1,
+             eos_token_id=2, pad_token_id=0)
+
+
+def make_tiny_torch_model(family: str, seed: int = 0, **overrides):
+    """A small random transformers causal LM of ``family`` (weights perturbed away from init)."""
+    from transformers import (LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config,
+                              Qwen3ForCausalLM)
+
+    cfg_cls, model_cls = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM),
+                          "qwen3": (Qwen3Config, Qwen3ForCausalLM)}[family]
+    kwargs = dict(_TINY, **({"head_dim": 32} if family == "qwen3" else {}))
+    kwargs.update(overrides)
+    torch.manual_seed(seed)
+    model = model_cls(cfg_cls(**kwargs)).eval()
+    with torch.no_grad():
+        for p in model.parameters():  # norms start at 1 and biases at 0: move everything off init
+            p.add_(0.05 * torch.randn_like(p))
+    return model
+
+
+@pytest.fixture(scope="session", params=FAMILIES)
+def tiny_model(request, tmp_path_factory):
+    """``(family, torch_model, folder)``: a tiny model saved as a Hugging Face folder."""
+    model = make_tiny_torch_model(request.param)
+    folder = tmp_path_factory.mktemp(f"tiny-{request.param}")
+    model.save_pretrained(folder)
+    return request.param, model, str(folder)
+
+
+def padded_batch(rng: np.random.RandomState, lengths, width: int, vocab: int, side: str):
+    ids = rng.randint(3, vocab, (len(lengths), width)).astype(np.int64)
+    mask = np.zeros_like(ids)
+    for i, n in enumerate(lengths):
+        if side == "left":
+            mask[i, width - n:] = 1
+        else:
+            mask[i, :n] = 1
+    ids[mask == 0] = 0
+    return ids, mask
+
+
+def hf_positions(mask: np.ndarray) -> np.ndarray:
+    return np.maximum(np.cumsum(mask, -1) - 1, 0)
+
+
+@torch.no_grad()
+def hf_forward(model, ids, mask):
+    """transformers' logits and last hidden state (after the final norm), positions from the mask."""
+    out = model(input_ids=torch.as_tensor(ids), attention_mask=torch.as_tensor(mask),
+                position_ids=torch.as_tensor(hf_positions(mask)), output_hidden_states=True)
+    return out.logits.float().numpy(), out.hidden_states[-1].float().numpy()
+
+
+def max_diff_real(a, b, mask) -> float:
+    real = np.asarray(mask).astype(bool)
+    return float(np.abs(np.asarray(a)[real] - np.asarray(b)[real]).max())
+
+
+@torch.no_grad()
+def hf_generate(model, ids, mask, n, **kwargs) -> np.ndarray:
+    """transformers' greedy new tokens, padded with ``pad_token_id`` to ``n`` if it stopped early."""
+    out = model.generate(input_ids=torch.as_tensor(ids), attention_mask=torch.as_tensor(mask), max_new_tokens=n,
+                         do_sample=False, **kwargs)[:, ids.shape[1]:].numpy()
+    pad = kwargs.get("pad_token_id", model.generation_config.pad_token_id)
+    return np.pad(out, ((0, 0), (0, n - out.shape[1])), constant_values=pad)
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The embedded SmolLM2-135M-Instruct as our `BaseModel` (float32)."""
+    from llgbm_jax.models import load_base_model
+
+    return load_base_model("smollm2-135m-instruct")
+
+
+@pytest.fixture(scope="session")
+def smollm2_torch():
+    """transformers' PyTorch model and tokenizer on the same GGUF file: the reference."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from llgbm_jax.models.base_model import embedded_gguf_path
+
+    path = embedded_gguf_path("smollm2-135m-instruct")
+    folder, name = os.path.dirname(path), os.path.basename(path)
+    tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32).eval()
+    return model, tok
