@@ -1,0 +1,368 @@
+"""Teacher LoRAs: supervised fine-tuning of the base model through the decoder's ``lora=`` argument.
+
+One *run* trains one adapter on one chunk of a task's train split and exports PEFT folders at several
+steps of its trajectory (after warm-up, every ``save_every`` steps). Several runs per task use
+disjoint chunks and different seeds. `build_zoo` runs every (task, run) and writes ``manifest.json``.
+
+The loss is next-token cross-entropy on the response tokens (and the end-of-turn token) only; the
+system prompt and question are context. Logits are computed only at the supervised positions, so
+the 49k-way output projection costs little for short answers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import time
+import zlib
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from llgbm_jax import optim
+from llgbm_jax.checkpointing import TrainCheckpointer
+from llgbm_jax.io_utils import write_json_atomic
+from llgbm_jax.lora import ALL_MODULES, LoRA, LoRAConfig, init_lora
+from llgbm_jax.models import decoder
+
+
+@dataclasses.dataclass(frozen=True)
+class TeacherConfig:
+    """Hyper-parameters of one teacher run (shared by every run of a task)."""
+
+    rank: int = 8
+    alpha: float = 16.0
+    target_modules: tuple[str, ...] = ALL_MODULES
+    learning_rate: float = 5e-4
+    weight_decay: float = 0.0
+    batch_size: int = 8
+    steps: int = 120
+    warmup_steps: int = 10
+    save_every: int = 10  # trajectory adapters at steps - k*save_every, k < adapters_per_run
+    adapters_per_run: int = 8
+    checkpoint_every: int = 20  # orbax state for resuming
+    max_seq_len: int = 320
+    clip_norm: float = 1.0
+    remat: bool = True
+    seed: int = 0
+
+    def save_steps(self) -> list[int]:
+        steps = [self.steps - k * self.save_every for k in range(self.adapters_per_run)]
+        steps = sorted(s for s in steps if s > self.warmup_steps)
+        if len(steps) < self.adapters_per_run:
+            raise ValueError(f"{self.adapters_per_run} adapters every {self.save_every} steps do not fit after "
+                             f"{self.warmup_steps} warm-up steps in {self.steps} steps")
+        return steps
+
+
+# --- data ---------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class SFTExample:
+    ids: tuple[int, ...]
+    num_prompt: int  # tokens before the first supervised token
+
+
+def end_of_turn_id(base_model) -> int:
+    """The token the chat template writes right after an assistant reply (``<|im_end|>`` for SmolLM2 and
+    Qwen), provided generation stops on it; otherwise the tokenizer's EOS, else the first EOS id.
+    (``eos_token_ids[0]`` alone can be ``<|endoftext|>``: Qwen's generation config lists both.)"""
+    return _end_of_turn(base_model.tokenizer, tuple(base_model.eos_token_ids))
+
+
+@functools.lru_cache(maxsize=8)
+def _end_of_turn(tok, eos_ids: tuple[int, ...]) -> int:
+    user = [{"role": "user", "content": "Hi"}]
+    prompt = tok.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
+    full = tok.apply_chat_template(user + [{"role": "assistant", "content": "OK"}], tokenize=False)
+    if full.startswith(prompt + "OK"):
+        rest = tok(full[len(prompt) + 2:], add_special_tokens=False)["input_ids"]
+        if rest and rest[0] in eos_ids:
+            return int(rest[0])
+    return int(tok.eos_token_id) if tok.eos_token_id in eos_ids else int(eos_ids[0])
+
+
+def encode_sft(base_model, task, record: dict, max_seq_len: int) -> SFTExample | None:
+    """Chat-formatted prompt + response + end-of-turn token (`end_of_turn_id`), i.e. the chat template's
+    rendering of the exchange; None if longer than ``max_seq_len``."""
+    tok = base_model.tokenizer
+    prompt = tok(task.format_prompt(record, base_model), add_special_tokens=False)["input_ids"]
+    response = tok(record["response"], add_special_tokens=False)["input_ids"] + [end_of_turn_id(base_model)]
+    if len(prompt) + len(response) > max_seq_len:
+        return None
+    return SFTExample(tuple(prompt + response), len(prompt))
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def collate(examples: Sequence[SFTExample], pad_id: int, multiple: int = 64) -> dict[str, np.ndarray]:
+    """Right-padded batch. ``target_pos[b, j]`` is the position whose logits predict ``target_ids[b, j]``."""
+    width = _round_up(max(len(e.ids) for e in examples), multiple)
+    longest = max(len(e.ids) - e.num_prompt for e in examples)
+    n_targets = _round_up(longest, 8 if longest <= 8 else 64)  # few distinct shapes: few compilations
+    b = len(examples)
+    out = dict(ids=np.full((b, width), pad_id, np.int32), mask=np.zeros((b, width), np.int32),
+               target_pos=np.zeros((b, n_targets), np.int32), target_ids=np.zeros((b, n_targets), np.int32),
+               target_mask=np.zeros((b, n_targets), np.float32))
+    for i, e in enumerate(examples):
+        n, k = len(e.ids), len(e.ids) - e.num_prompt
+        out["ids"][i, :n], out["mask"][i, :n] = e.ids, 1
+        out["target_pos"][i, :k] = np.arange(e.num_prompt - 1, n - 1)
+        out["target_ids"][i, :k] = e.ids[e.num_prompt:]
+        out["target_mask"][i, :k] = 1.0
+    return out
+
+
+def batch_plan(lengths: Sequence[int], batch_size: int, steps: int, seed: int, group_batches: int = 16) -> list[list[int]]:
+    """Indices of the examples of every step: epochs of a seeded shuffle; within windows of
+    ``group_batches`` batches, examples are sorted by length (less padding) and batches re-shuffled."""
+    rng = np.random.default_rng(seed)
+    plan: list[list[int]] = []
+    n = len(lengths)
+    if n < batch_size:
+        raise ValueError(f"{n} training examples are fewer than one batch of {batch_size}")
+    while len(plan) < steps:
+        order = rng.permutation(n)
+        usable = (n // batch_size) * batch_size
+        window = batch_size * group_batches
+        epoch = []
+        for start in range(0, usable, window):
+            chunk = sorted(order[start:min(start + window, usable)], key=lambda i: lengths[i])
+            epoch += [list(map(int, chunk[j:j + batch_size])) for j in range(0, len(chunk), batch_size)]
+        rng.shuffle(epoch)
+        plan += epoch
+    return plan[:steps]
+
+
+# --- loss and step ------------------------------------------------------------------------------
+
+def sft_loss(lora: LoRA, params, config, batch: dict, remat: bool = True) -> jax.Array:
+    """Mean cross-entropy of the supervised tokens."""
+    h, _ = decoder.forward(params, config, batch["ids"], batch["mask"], lora, remat=remat)
+    h = jnp.take_along_axis(h, batch["target_pos"][..., None], axis=1)
+    logp = jax.nn.log_softmax(decoder.lm_head(params, config, h), axis=-1)
+    nll = -jnp.take_along_axis(logp, batch["target_ids"][..., None], axis=-1)[..., 0]
+    return jnp.sum(nll * batch["target_mask"]) / jnp.maximum(jnp.sum(batch["target_mask"]), 1.0)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "tx", "remat"), donate_argnums=(0, 1))
+def train_step(lora: LoRA, opt_state, params, config, tx: optax.GradientTransformation, batch: dict, remat: bool = True):
+    loss, grads = jax.value_and_grad(sft_loss)(lora, params, config, batch, remat)
+    updates, opt_state = tx.update(grads, opt_state, lora)
+    return optax.apply_updates(lora, updates), opt_state, {"loss": loss, "grad_norm": optax.global_norm(grads)}
+
+
+# --- one run --------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class RunResult:
+    adapters: list[dict]  # {"step", "path", "train_loss"}
+    history: dict[str, list[float]]
+    seconds: float
+
+
+@functools.lru_cache(maxsize=32)
+def _optimizer(lr: float, warmup_steps: int, steps: int, weight_decay: float, clip_norm: float):
+    """One optax transformation per setting: it is a static argument of `train_step`, so runs that
+    share a setting share its compilations."""
+    return optim.adamw(lr, warmup_steps, steps, weight_decay=weight_decay, clip_norm=clip_norm)
+
+
+def train_run(base_model, task, records: Sequence[dict], cfg: TeacherConfig, run_dir: str, *, seed: int,
+              on_adapter=None, show_progress: bool = True, stop_after: int | None = None,
+              data_info: dict | None = None) -> RunResult:
+    """Train one adapter on ``records``; export a PEFT folder at every step of ``cfg.save_steps()``
+    to ``run_dir/step_XXXXX`` (with ``prompts.json`` and ``metrics.json``, which also records
+    ``data_info``: where ``records`` came from). Writes ``run_dir/history.json`` (loss, gradient norm
+    and lr per step) when it ends. Resumes from the orbax state in ``run_dir/state`` if a previous
+    run was killed. ``stop_after`` ends early (tests)."""
+    from tqdm.auto import tqdm
+
+    from llgbm_jax.peft_io import save_peft_adapter
+
+    examples, kept = [], []
+    for r in records:
+        e = encode_sft(base_model, task, r, cfg.max_seq_len)
+        if e is not None:
+            examples.append(e)
+            kept.append(r)
+    plan = batch_plan([len(e.ids) for e in examples], cfg.batch_size, cfg.steps, seed)
+    lcfg = LoRAConfig(rank=cfg.rank, alpha=cfg.alpha, target_modules=tuple(cfg.target_modules))
+    lora = init_lora(jax.random.PRNGKey(seed), base_model.config, lcfg)
+    tx, schedule = _optimizer(cfg.learning_rate, cfg.warmup_steps, cfg.steps, cfg.weight_decay, cfg.clip_norm)
+    opt_state = tx.init(lora)
+    history: dict[str, list[float]] = {"loss": [], "grad_norm": [], "lr": []}
+    adapters: list[dict] = []
+    start = 0
+    ckpt = TrainCheckpointer(os.path.join(run_dir, "state"))
+    restored = ckpt.restore({"lora": lora, "opt_state": opt_state})
+    if restored is not None:
+        start, state, meta = restored
+        lora, opt_state = state["lora"], state["opt_state"]
+        history, adapters = meta["history"], meta["adapters"]
+    save_steps = set(cfg.save_steps())
+    t0 = time.perf_counter()
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not show_progress,
+               desc=f"{task.name} {os.path.basename(run_dir)}")
+    for step in bar:
+        batch = collate([examples[i] for i in plan[step]], base_model.pad_token_id)
+        lora, opt_state, m = train_step(lora, opt_state, base_model.params, base_model.config, tx, batch, cfg.remat)
+        history["loss"].append(float(m["loss"]))
+        history["grad_norm"].append(float(m["grad_norm"]))
+        history["lr"].append(float(schedule(step)))
+        bar.set_postfix(loss=f"{history['loss'][-1]:.3f}")
+        done = step + 1
+        if done in save_steps:
+            path = os.path.join(run_dir, f"step_{done:05d}")
+            seen = sorted({i for s in plan[:done] for i in s})
+            save_peft_adapter(lora, path, base_model_name_or_path=base_model.name)
+            write_json_atomic(os.path.join(path, "prompts.json"), [kept[i]["prompt"] for i in seen])
+            metrics = {"task": task.name, "step": done, "seed": seed,
+                       "train_loss": float(np.mean(history["loss"][-cfg.save_every:])),
+                       "examples_seen": len(seen), "examples": len(examples),
+                       "too_long_dropped": len(records) - len(examples), "data": dict(data_info or {})}
+            write_json_atomic(os.path.join(path, "metrics.json"), metrics)
+            adapters.append({"step": done, "path": path, "train_loss": metrics["train_loss"]})
+            if on_adapter is not None:
+                on_adapter(lora, path, metrics)
+        if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+            ckpt.save(done, {"lora": lora, "opt_state": opt_state}, {"history": history, "adapters": adapters})
+        if stop_after is not None and done >= stop_after:
+            break
+    bar.close()
+    ckpt.close()
+    write_json_atomic(os.path.join(run_dir, "history.json"), history)
+    return RunResult(adapters=adapters, history=history, seconds=time.perf_counter() - t0)
+
+
+def chunk_records(records: Sequence[dict], num_runs: int, seed: int) -> list[list[dict]]:
+    """Disjoint chunks of a shuffled train split, one per run."""
+    order = np.random.default_rng(seed).permutation(len(records))
+    return [[records[i] for i in part] for part in np.array_split(order, num_runs)]
+
+
+def read_manifest(zoo_dir: str) -> dict[str, Any]:
+    path = os.path.join(zoo_dir, "manifest.json")
+    if not os.path.exists(path):
+        return {"adapters": []}
+    with open(path) as f:
+        return json.load(f)
+
+
+# --- the zoo --------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class ZooConfig:
+    """What `build_zoo` trains: tasks × runs, each run exporting ``teacher.adapters_per_run`` adapters."""
+
+    model: str = "smollm2-135m-instruct"
+    tasks: tuple[str, ...] = ("arc_e", "boolq", "obqa", "gsm8k")
+    runs_per_task: int = 1
+    teacher: TeacherConfig = TeacherConfig()
+    task_overrides: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()  # per-task TeacherConfig fields
+    eval_samples: int = 200  # held-out questions for base vs final-adapter accuracy (0: skip)
+    gsm8k_eval_samples: int = 64
+    gsm8k_max_new_tokens: int = 256
+    seed: int = 0
+
+    def teacher_for(self, task: str) -> TeacherConfig:
+        return dataclasses.replace(self.teacher, **dict(dict(self.task_overrides).get(task, ())))
+
+
+PRESETS = {
+    # The embedded SmolLM2-135M on this 2-core CPU: 4 tasks x 1 trajectory x 8 adapters.
+    "cpu": ZooConfig(
+        teacher=TeacherConfig(steps=120, warmup_steps=10, save_every=10, batch_size=8, learning_rate=5e-4),
+        task_overrides=(("gsm8k", (("steps", 80), ("save_every", 8), ("batch_size", 4), ("max_seq_len", 448))),),
+    ),
+    # Qwen2.5-0.5B-Instruct on an accelerator: every task, 4 runs on disjoint chunks, longer training.
+    "gpu": ZooConfig(
+        model="Qwen/Qwen2.5-0.5B-Instruct", runs_per_task=4, eval_samples=1000, gsm8k_eval_samples=319,
+        teacher=TeacherConfig(steps=400, warmup_steps=20, save_every=40, batch_size=16, learning_rate=3e-4,
+                              max_seq_len=512),
+    ),
+}
+
+
+def _std_error_diff(p1: float, p0: float, n1: int, n0: int) -> float:
+    return float(np.sqrt(p1 * (1 - p1) / max(n1, 1) + p0 * (1 - p0) / max(n0, 1)))
+
+
+def build_zoo(zoo_dir: str, cfg: ZooConfig, *, base_model=None, data_dir: str | None = None,
+              show_progress: bool = True) -> dict[str, Any]:
+    """Train every (task, run) of ``cfg`` into ``zoo_dir`` and write ``zoo_dir/manifest.json``.
+
+    Finished runs (their last adapter exported) are not retrained; a killed run resumes from its
+    orbax state. Each run's final adapter is scored on ``eval_samples`` held-out questions beside the
+    base model. Returns the manifest.
+    """
+    from llgbm_jax.evaluation import compute_accuracy_with_lora
+    from llgbm_jax.models import load_base_model
+    from llgbm_jax.peft_io import load_peft_adapter
+    from llgbm_jax.tasks import get_task
+
+    t_start = time.perf_counter()
+    base_model = base_model or load_base_model(cfg.model)
+    manifest = read_manifest(zoo_dir)
+    manifest.update(model=cfg.model, config=json.loads(json.dumps(dataclasses.asdict(cfg), default=list)))
+    base_cache = manifest.setdefault("base_accuracy", {})
+    summary = []
+
+    def evaluate(lora, task, records):
+        n = cfg.gsm8k_eval_samples if task.task_type == "gsm8k" else cfg.eval_samples
+        return compute_accuracy_with_lora(lora, base_model, records, task, max_samples=n,
+                                          max_new_tokens=cfg.gsm8k_max_new_tokens, show_progress=show_progress)
+
+    for task_name in cfg.tasks:
+        task = get_task(task_name, data_dir)
+        tcfg = cfg.teacher_for(task_name)
+        train = task.load("train", data_dir)
+        eval_records = task.load("eval", data_dir) if cfg.eval_samples else []
+        chunks = chunk_records(train, cfg.runs_per_task, cfg.seed)
+        for run, chunk in enumerate(chunks):
+            run_name = f"run{run}"
+            run_dir = os.path.join(zoo_dir, task_name, run_name)
+            final = os.path.join(run_dir, f"step_{tcfg.steps:05d}")
+            if not os.path.exists(os.path.join(final, "metrics.json")):
+                train_run(base_model, task, chunk, tcfg, run_dir, seed=cfg.seed + 1000 * run + zlib.crc32(task_name.encode()) % 997,
+                          show_progress=show_progress,
+                          data_info={"split": "train", "chunk": run, "num_chunks": len(chunks),
+                                     "chunk_seed": cfg.seed, "chunk_records": len(chunk), "train_records": len(train)})
+            with open(os.path.join(final, "metrics.json")) as f:
+                final_metrics = json.load(f)
+            if eval_records and "test_accuracy" not in final_metrics:
+                if task_name not in base_cache:
+                    base_cache[task_name] = evaluate(None, task, eval_records)
+                res = evaluate(load_peft_adapter(final), task, eval_records)
+                final_metrics["test_accuracy"] = {k: res[k] for k in ("accuracy", "correct", "total", "parse_failures", "ci95")}
+                write_json_atomic(os.path.join(final, "metrics.json"), final_metrics)
+            entries = []
+            for step in tcfg.save_steps():
+                rel = os.path.relpath(os.path.join(run_dir, f"step_{step:05d}"), zoo_dir)
+                with open(os.path.join(zoo_dir, rel, "metrics.json")) as f:
+                    metrics = json.load(f)
+                entries.append({"task": task_name, "task_type": task.task_type, "run": run_name, "step": step,
+                                "path": rel, "prompts": os.path.join(rel, "prompts.json"),
+                                "history": os.path.relpath(os.path.join(run_dir, "history.json"), zoo_dir),
+                                "metrics": metrics})
+            manifest["adapters"] = [a for a in manifest["adapters"]
+                                    if (a["task"], a["run"]) != (task_name, run_name)] + entries
+            write_json_atomic(os.path.join(zoo_dir, "manifest.json"), manifest)
+            if "test_accuracy" in final_metrics:
+                base = base_cache[task_name]
+                acc = final_metrics["test_accuracy"]
+                se = _std_error_diff(acc["accuracy"], base["accuracy"], acc["total"], base["total"])
+                summary.append({"task": task_name, "run": run_name, "n": acc["total"], "base": base["accuracy"],
+                                "teacher": acc["accuracy"], "teacher_ci95": acc["ci95"],
+                                "gain_in_se": (acc["accuracy"] - base["accuracy"]) / se if se > 0 else 0.0})
+    manifest["summary"] = summary
+    manifest["seconds"] = manifest.get("seconds", 0.0) + time.perf_counter() - t_start
+    write_json_atomic(os.path.join(zoo_dir, "manifest.json"), manifest)
+    return manifest

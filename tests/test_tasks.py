@@ -1,0 +1,164 @@
+"""Task registry, splits, options and answer parsing (real data files + adversarial strings)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+import pytest
+
+from conftest import DATA_DIR
+from llgbm_jax import tasks
+from llgbm_jax.tasks import extract_bool_answer, extract_gsm8k_answer, extract_mcq_answer, get_task
+
+REGISTERED = ("arc_e", "boolq", "obqa", "gsm8k")
+
+
+def _raw(name):
+    with open(os.path.join(DATA_DIR, name)) as f:
+        return json.load(f)
+
+
+def test_registry_types_and_files():
+    assert {n: get_task(n).task_type for n in REGISTERED} == {
+        "arc_e": "mcq", "boolq": "bool", "obqa": "mcq", "gsm8k": "gsm8k"}
+    assert tasks.resolve_task("mcq").task_type == "mcq"
+    with pytest.raises(ValueError, match="neither a task type"):
+        tasks.resolve_task("nonsense")
+    with pytest.raises(KeyError, match="unknown task 'nonsense'"):
+        get_task("nonsense", DATA_DIR)
+
+
+def test_data_dir_setting_and_missing_file_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("LLGBM_DATA_DIR", DATA_DIR)
+    assert len(get_task("obqa").load("eval")) == 500  # read through the environment variable
+    monkeypatch.setenv("LLGBM_DATA_DIR", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=re.escape(str(tmp_path / "OBQA_test.json"))):
+        get_task("obqa").load("eval")
+    (tmp_path / "bad.json").write_text('[{"prompt": "x"}]')
+    with pytest.raises(ValueError, match="bad.json: record 0 needs string fields"):
+        tasks.load_records(str(tmp_path / "bad.json"))
+
+
+def test_gsm8k_split_ranges_disjoint():
+    raw = _raw("GSM8K.json")
+    task = get_task("gsm8k")
+    train, ev = task.load("train", DATA_DIR), task.load("eval", DATA_DIR)
+    assert train == raw[:1000] and ev == raw[1000:1319]
+    assert not {r["prompt"] for r in train} & {r["prompt"] for r in ev}
+    with pytest.raises(ValueError, match="overlaps"):
+        tasks.Task("x", "gsm8k", "GSM8K.json", None, train_range=(0, 1000), eval_range=(999, 1319))
+
+
+@pytest.mark.parametrize("name", ["arc_e", "boolq", "obqa"])
+def test_test_files_never_used_as_train(name):
+    task = get_task(name)
+    assert "test" not in task.split_file("train").lower() and "test" in task.split_file("eval").lower()
+    train, ev = task.load("train", DATA_DIR), task.load("eval", DATA_DIR)
+    raw_train = _raw(task.train_file)
+    # Training records are the train file minus any question that also appears in the test file
+    # (the public splits share a few: ARC-e 3, OBQA 2 with shuffled options); never a test record.
+    assert all(r in raw_train for r in train) and len(raw_train) - len(train) <= 10
+    keys = {tasks._content_key(r["prompt"]) for r in ev}
+    assert not [r for r in train if tasks._content_key(r["prompt"]) in keys]
+    assert ev == _raw(task.eval_file)
+
+
+@pytest.mark.parametrize("name", REGISTERED)
+@pytest.mark.parametrize("split", ["train", "eval"])
+def test_every_record_has_valid_gold_and_options(name, split):
+    task = get_task(name)
+    records = task.load(split, DATA_DIR)
+    golds = [task.answer(r) for r in records]
+    if task.task_type == "gsm8k":
+        # The gold is the number after '####' in every reference solution.
+        assert golds == [float(r["response"].split("####")[-1].strip().replace(",", "")) for r in records]
+    else:
+        assert all(g in task.options(r) for g, r in zip(golds, records))
+        assert all(task.parse(r["response"], r) == g for g, r in zip(golds, records))
+
+
+def test_arc_option_labels_as_written():
+    records = get_task("arc_e").load("eval", DATA_DIR)
+    label_sets = {tuple(o[1:-1] for o in get_task("arc_e").options(r)) for r in records}
+    assert {("A", "B", "C", "D"), ("1", "2", "3", "4"), ("A", "B", "C", "D", "E"), ("A", "B", "C")} <= label_sets
+    odd = [r for r in get_task("obqa").load("eval", DATA_DIR) if "Conservation\n" in r["prompt"]][0]
+    assert get_task("obqa").options(odd) == ("[B]", "[C]", "[D]")  # option A's line is missing in the file
+    with pytest.raises(ValueError, match="not among the prompt's options"):
+        tasks.gold_answer({"prompt": "Q?\nA: x\nB: y", "response": "[C]"}, "mcq")
+
+
+def test_majority_baseline():
+    label, frac = get_task("boolq").majority_baseline(get_task("boolq").load("eval", DATA_DIR))
+    assert label == "[True]" and frac == pytest.approx(2033 / 3270)
+
+
+def test_further_file_pair_inferred(tmp_path):
+    rec = lambda q, a: {"prompt": f"{q}\n1: yes\n2: no", "response": f"[{a}]", "system": "s"}
+    (tmp_path / "mine_train.json").write_text(json.dumps([rec("q1", 1), rec("q2", 2)]))
+    (tmp_path / "mine_test.json").write_text(json.dumps([rec("q3", 2)]))
+    task = get_task("mine", str(tmp_path))
+    assert task.task_type == "mcq" and task.options(task.load("eval", str(tmp_path))[0]) == ("[1]", "[2]")
+    assert tasks.infer_task_type(_raw("BoolQ_test.json")) == "bool"
+    assert tasks.infer_task_type(_raw("GSM8K.json")) == "gsm8k"
+
+
+# --- parsers --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text,labels,expected", [
+    ("[B]", "ABCD", "[B]"),
+    ("[b]", "ABCD", "[B]"),
+    ("[E]", "ABCDE", "[E]"),
+    ("[E]", "ABCD", None),  # not an option of this question
+    ("[3]", "1234", "[3]"),
+    ("The answer is 2.", "1234", "[2]"),
+    ("Answer: (C)", "ABCD", "[C]"),
+    ("the answer is D because ...", "ABCD", "[D]"),
+    ("C: the plains", "ABCD", "[C]"),
+    ("B", "ABCD", "[B]"),
+    ("A dog is an animal.", "ABCD", None),  # the article is not option A
+    ("the answer is a bacterial population", "ABCD", None),
+    ("[ans]", "ABCD", None),
+    ("I think [A] or maybe [B]", "ABCD", "[A]"),
+    ("", "ABCD", None),
+])
+def test_extract_mcq_answer(text, labels, expected):
+    assert extract_mcq_answer(text, tuple(labels)) == expected
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("[True]", "[True]"), ("[true]", "[True]"), ("[FALSE]", "[False]"), ("False.", "[False]"),
+    ("The statement is true.", "[True]"), ("Yes, it is.", "[True]"), ("No", "[False]"),
+    ("There is no way to know", None), ("I cannot tell", None),
+])
+def test_extract_bool_answer(text, expected):
+    assert extract_bool_answer(text) == expected
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("The answer is 42.", 42.0),
+    ("#### 1,234", 1234.0),
+    ("so she pays $1,234.50.\n#### $1,234.50", 1234.5),
+    ("The temperature drops to -5 degrees.\n#### -5", -5.0),
+    ("#### -3.25", -3.25),
+    ("10 - 4 = 6 apples", 6.0),  # a subtraction, not a negative number
+    ("He has 10-4=6 left", 6.0),
+    ("The answer is: $18 per day. Later 3 more.", 18.0),
+    ("Total is 3.5 hours", 3.5),
+    ("####\n72", 72.0),
+    ("#### 12\nsome trailing text 99", 12.0),
+    ("1,000,000 people", 1000000.0),
+    ("numbers 1,2,3", 3.0),
+    ("I don't know.", None),
+    ("", None),
+])
+def test_extract_gsm8k_answer(text, expected):
+    assert extract_gsm8k_answer(text) == expected
+
+
+def test_gsm8k_numbers_compare_numerically():
+    rec = {"prompt": "q", "response": "... #### 1,234"}
+    assert tasks.is_correct(1234.0, rec, "gsm8k") and not tasks.is_correct(1235.0, rec, "gsm8k")
+    assert not tasks.is_correct(None, rec, "gsm8k")
+    assert tasks.is_correct(extract_gsm8k_answer("Total: $1234.00."), rec, "gsm8k")
