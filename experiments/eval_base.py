@@ -73,7 +73,7 @@ def main(argv=None):
         res = compute_base_accuracy(model, records, None, task, None, not args.no_progress,
                                     batch_size=args.batch_size, max_new_tokens=args.max_new_tokens)
         label, share = task.majority_baseline(records)
-        res.update(majority_label=str(label), majority_baseline=share)
+        res.update(majority_label=f"{label:g}" if isinstance(label, float) else str(label), majority_baseline=share)
         results[task.name] = res
         print(f"{task.name}: {res['correct']}/{res['total']} = {res['accuracy']:.3f} {_fmt_ci(res['ci95'])}, "
               f"{res['seconds']:.1f}s")

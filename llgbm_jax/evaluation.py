@@ -43,8 +43,7 @@ def _repeat_rows(tree, k: int, axis: int):
 def prefix_cache(params, config, prefix_ids, lora=None) -> decoder.KVCache:
     """The KV cache of one token sequence shared by every prompt (``prefix_ids``: ``[S]``)."""
     s = prefix_ids.shape[0]
-    cache = decoder.init_cache(config, 1, s, params["embed"].dtype)
-    return decoder.forward(params, config, prefix_ids[None], jnp.ones((1, s), jnp.int32), lora, cache=cache)[1]
+    return decoder.prefill(params, config, prefix_ids[None], jnp.ones((1, s), jnp.int32), lora, length=s)[1]
 
 
 @functools.partial(jax.jit, static_argnames=("config",))
@@ -59,13 +58,15 @@ def option_token_logprobs(params, config, prompt_ids, prompt_mask, option_ids, o
     """
     b, p = prompt_ids.shape
     _, k, t = option_ids.shape
-    s = 0 if prefix is None else prefix.k.shape[2]
-    cache = decoder.init_cache(config, b, s + p + t, params["embed"].dtype)
-    if prefix is not None:  # every row starts with the shared prefix in slots 0..S-1
-        cache = decoder.KVCache(cache.k.at[:, :, :s].set(prefix.k), cache.v.at[:, :, :s].set(prefix.v),
-                                cache.valid.at[:, :s].set(True), jnp.int32(s))
+    s = 0 if prefix is None else prefix.k.shape[3]
     positions = s + decoder.position_ids(prompt_mask)
-    h, cache = decoder.forward(params, config, prompt_ids, prompt_mask, lora, positions=positions, cache=cache)
+    if prefix is None:
+        h, cache = decoder.prefill(params, config, prompt_ids, prompt_mask, lora, length=p + t, positions=positions)
+    else:  # every row starts with the shared prefix in slots 0..S-1
+        cache = decoder.init_cache(config, b, s + p + t, params["embed"].dtype)
+        cache = decoder.KVCache(cache.k.at[:, :, :, :s].set(prefix.k), cache.v.at[:, :, :, :s].set(prefix.v),
+                                cache.valid.at[:, :s].set(True), jnp.int32(s))
+        h, cache = decoder.forward(params, config, prompt_ids, prompt_mask, lora, positions=positions, cache=cache)
     first = jax.nn.log_softmax(decoder.lm_head(params, config, h[:, -1]), axis=-1)  # [B, V]
     ids = option_ids.reshape(b * k, t)
     lp0 = jnp.take_along_axis(jnp.repeat(first, k, axis=0), ids[:, :1], axis=-1)  # [BK, 1]

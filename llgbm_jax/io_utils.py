@@ -29,17 +29,25 @@ def atomic_dir(path: str):
         raise
 
 
-def write_json_atomic(path: str, obj) -> None:
+@contextlib.contextmanager
+def atomic_file(path: str, suffix: str = ""):
+    """Yield a temporary file path beside ``path``; on success it replaces ``path`` in one rename."""
     parent = os.path.dirname(os.path.abspath(path)) or "."
     os.makedirs(parent, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=parent)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
+        yield tmp
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
         raise
+
+
+def write_json_atomic(path: str, obj) -> None:
+    with atomic_file(path, ".json") as tmp:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=2)
+            f.flush()
+            os.fsync(f.fileno())

@@ -14,13 +14,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
-import tempfile
 from typing import Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from llgbm_jax.io_utils import atomic_file
 
 ALL_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -243,16 +243,8 @@ def save_lora(lora: LoRA, path: str) -> str:
 
     tensors = {f"{f}.{m}": np.asarray(getattr(lora, f)[m]) for f in "AB" for m in lora.modules}
     meta = {"llgbm_jax_lora": json.dumps(dataclasses.asdict(lora.config))}
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=parent)
-    os.close(fd)
-    try:
+    with atomic_file(path, ".safetensors") as tmp:
         save_file(tensors, tmp, metadata=meta)
-        os.replace(tmp, path)
-    except BaseException:
-        os.remove(tmp)
-        raise
     return path
 
 

@@ -240,12 +240,14 @@ class Task:
 
     def __post_init__(self):
         check_task_type(self.task_type)
-        if self.eval_file is None and self.train_file is not None and (self.train_range is None or self.eval_range is None):
+        one_file = self.eval_file is None and self.train_file is not None
+        if one_file and (self.train_range is None or self.eval_range is None):
             raise ValueError(f"task {self.name!r}: one data file needs both train_range and eval_range")
-        if self.train_range and self.eval_range and self.eval_file is None:
+        if one_file:
             (a, b), (c, d) = self.train_range, self.eval_range
             if max(a, c) < min(b, d):
-                raise ValueError(f"task {self.name!r}: train range {self.train_range} overlaps eval range {self.eval_range}")
+                raise ValueError(f"task {self.name!r}: train range {self.train_range} overlaps "
+                                 f"eval range {self.eval_range}")
         if self.eval_file is not None and self.eval_file == self.train_file:
             raise ValueError(f"task {self.name!r}: train and eval files are the same ({self.train_file})")
 

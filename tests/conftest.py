@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import os
+import warnings
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -64,7 +67,7 @@ def hf_positions(mask: np.ndarray) -> np.ndarray:
 @torch.no_grad()
 def hf_forward(model, ids, mask):
     """transformers' logits and last hidden state (after the final norm), positions from the mask."""
-    out = model(input_ids=torch.as_tensor(ids), attention_mask=torch.as_tensor(mask),
+    out = model(input_ids=torch.as_tensor(ids, dtype=torch.long), attention_mask=torch.as_tensor(mask),
                 position_ids=torch.as_tensor(hf_positions(mask)), output_hidden_states=True)
     return out.logits.float().numpy(), out.hidden_states[-1].float().numpy()
 
@@ -81,6 +84,34 @@ def hf_generate(model, ids, mask, n, **kwargs) -> np.ndarray:
                          do_sample=False, **kwargs)[:, ids.shape[1]:].numpy()
     pad = kwargs.get("pad_token_id", model.generation_config.pad_token_id)
     return np.pad(out, ((0, 0), (0, n - out.shape[1])), constant_values=pad)
+
+
+def hf_logits(model, ids, mask) -> np.ndarray:
+    return hf_forward(model, ids, mask)[0]
+
+
+@contextlib.contextmanager
+def peft_warnings_are_errors():
+    """Every warning raised while PEFT loads is an error (transformers' own deprecation notices aside)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        yield
+
+
+def load_in_peft(torch_model, folder):
+    """``PeftModel.from_pretrained`` on a copy of ``torch_model``; no warnings, exactly our keys."""
+    from peft import PeftModel, get_peft_model_state_dict
+    from safetensors import safe_open
+
+    with peft_warnings_are_errors():
+        pm = PeftModel.from_pretrained(copy.deepcopy(torch_model), str(folder))
+    with safe_open(os.path.join(folder, "adapter_model.safetensors"), "numpy") as f:
+        saved = set(f.keys())
+    peft_keys = set(get_peft_model_state_dict(pm, save_embedding_layers=False))
+    assert saved == peft_keys, "saved keys differ from PeftModel's LoRA parameters"
+    return pm.eval()
 
 
 @pytest.fixture(scope="session")

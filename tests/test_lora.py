@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import padded_batch
+from conftest import max_diff_real, padded_batch
 
 from llgbm_jax import FunctionalLoRA
 from llgbm_jax.lora import (ALL_MODULES, LoRA, LoRAConfig, check_lora, delta_w, init_lora, load_lora, save_lora,
@@ -40,11 +40,6 @@ def llama(tmp_path_factory):
 
 def batch(model, lengths=(7, 4, 1), width=7, side="left", seed=0):
     return padded_batch(np.random.RandomState(seed), list(lengths), width, model.config.vocab_size, side)
-
-
-def real_max_diff(a, b, mask) -> float:
-    m = np.asarray(mask).astype(bool)
-    return float(np.abs(np.asarray(a)[m] - np.asarray(b)[m]).max())
 
 
 # --- config and helpers ---------------------------------------------------------------------------
@@ -129,7 +124,7 @@ def test_zero_adapters_leave_the_model_unchanged(llama):
     np.testing.assert_array_equal(
         llama.logits(ids, mask, init_lora(jax.random.PRNGKey(0), llama.config, LoRAConfig(8, 16))), base)
     changed = llama.logits(ids, mask, init_lora(jax.random.PRNGKey(0), llama.config, LoRAConfig(8, 16), random_b=True))
-    assert real_max_diff(changed, base, mask) > 1e-2
+    assert max_diff_real(changed, base, mask) > 1e-2
 
 
 def test_scaling_reaches_every_projection(llama):
@@ -144,8 +139,8 @@ def test_scaling_reaches_every_projection(llama):
     scaled_b = LoRA(A=lora.A, B={m: lora.B[m] * jnp.asarray(factor[m])[:, None, None] for m in ALL_MODULES},
                     config=lora.config)
     got, want = llama.logits(ids, mask, per_layer), llama.logits(ids, mask, scaled_b)
-    assert real_max_diff(got, want, mask) < 1e-5
-    assert real_max_diff(got, llama.logits(ids, mask, lora), mask) > 1e-3
+    assert max_diff_real(got, want, mask) < 1e-5
+    assert max_diff_real(got, llama.logits(ids, mask, lora), mask) > 1e-3
 
 
 def test_rank_padding_is_ignored(llama):
@@ -158,7 +153,7 @@ def test_rank_padding_is_ignored(llama):
     padded = LoRA(A={m: pad(small.A[m], -2) for m in modules}, B={m: pad(small.B[m], -1) for m in modules},
                   config=cfg)
     ids, mask = batch(llama)
-    assert real_max_diff(llama.logits(ids, mask, padded), llama.logits(ids, mask, small), mask) < 1e-5
+    assert max_diff_real(llama.logits(ids, mask, padded), llama.logits(ids, mask, small), mask) < 1e-5
 
 
 @pytest.mark.parametrize("side", ["left", "right"])
@@ -170,10 +165,10 @@ def test_per_row_adapters_equal_each_row_alone(tiny, side):
     together = np.asarray(tiny.logits(ids, mask, stack_loras(loras)))
     for i, lora in enumerate(loras):
         alone = np.asarray(tiny.logits(ids[i:i + 1], mask[i:i + 1], lora))
-        assert real_max_diff(together[i:i + 1], alone, mask[i:i + 1]) <= 1e-5
+        assert max_diff_real(together[i:i + 1], alone, mask[i:i + 1]) <= 1e-5
     # and the rows really differ from a shared adapter
     shared = np.asarray(tiny.logits(ids, mask, loras[0]))
-    assert real_max_diff(together[1:], shared[1:], mask[1:]) > 1e-3
+    assert max_diff_real(together[1:], shared[1:], mask[1:]) > 1e-3
     np.testing.assert_allclose(together[0], shared[0], atol=1e-5)
 
 

@@ -9,7 +9,6 @@ LoRA state dict exactly (PEFT only warns about missing keys, so unexpected ones 
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import json
@@ -22,7 +21,7 @@ import jax
 import numpy as np
 import pytest
 import torch
-from conftest import make_tiny_torch_model, padded_batch
+from conftest import hf_logits, load_in_peft, make_tiny_torch_model, max_diff_real, padded_batch, peft_warnings_are_errors
 
 from llgbm_jax.lora import ALL_MODULES, LoRAConfig, init_lora, load_lora, stack_loras
 from llgbm_jax.models import load_base_model
@@ -47,42 +46,6 @@ def make_peft_adapter(torch_model, folder, seed=0, b_std=0.1, safe_serialization
                 p.copy_(b_std * torch.randn(p.shape, generator=gen))
     pm.save_pretrained(str(folder), safe_serialization=safe_serialization)
     return pm.eval()
-
-
-@contextlib.contextmanager
-def peft_warnings_are_errors():
-    """Every warning raised while PEFT loads is an error (transformers' own deprecation notices aside)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
-        yield
-
-
-def load_in_peft(torch_model, folder):
-    """``PeftModel.from_pretrained`` on a copy of ``torch_model``; no warnings, exactly our keys."""
-    from peft import PeftModel, get_peft_model_state_dict
-    from safetensors import safe_open
-
-    with peft_warnings_are_errors():
-        pm = PeftModel.from_pretrained(copy.deepcopy(torch_model), str(folder))
-    with safe_open(os.path.join(folder, "adapter_model.safetensors"), "numpy") as f:
-        saved = set(f.keys())
-    peft_keys = set(get_peft_model_state_dict(pm, save_embedding_layers=False))
-    assert saved == peft_keys, "saved keys differ from PeftModel's LoRA parameters"
-    return pm.eval()
-
-
-@torch.no_grad()
-def torch_logits(model, ids, mask):
-    pos = np.maximum(np.cumsum(mask, -1) - 1, 0)
-    return model(input_ids=torch.as_tensor(ids, dtype=torch.long), attention_mask=torch.as_tensor(mask),
-                 position_ids=torch.as_tensor(pos)).logits.float().numpy()
-
-
-def real_max_diff(a, b, mask) -> float:
-    m = np.asarray(mask).astype(bool)
-    return float(np.abs(np.asarray(a)[m] - np.asarray(b)[m]).max())
 
 
 def assert_same_lora(a, b):
@@ -127,10 +90,10 @@ def test_peft_adapter_loads_with_peft_logits(tiny, tmp_path):
     lora = load_peft_adapter(str(tmp_path / "peft"), ours.config)
     assert lora.config == LoRAConfig(4, 8) and lora.A["q_proj"].dtype == np.float32
     ids, mask = tiny_batch(ours.config.vocab_size)
-    want = torch_logits(pm, ids, mask)
+    want = hf_logits(pm, ids, mask)
     got = ours.logits(ids, mask, lora)
-    assert real_max_diff(got, want, mask) <= TINY_TOL
-    assert real_max_diff(got, ours.logits(ids, mask), mask) > 1e-2  # the adapter really changes the model
+    assert max_diff_real(got, want, mask) <= TINY_TOL
+    assert max_diff_real(got, ours.logits(ids, mask), mask) > 1e-2  # the adapter really changes the model
 
     save_peft_adapter(lora, str(tmp_path / "ours"), "tiny")
     peft_t, ours_t = file_tensors(tmp_path / "peft"), file_tensors(tmp_path / "ours")
@@ -154,8 +117,8 @@ def test_our_adapter_loads_in_peft_with_our_logits(tiny, tmp_path):
     assert not cfg.use_dora and cfg.bias == "none"
     ids, mask = tiny_batch(ours.config.vocab_size, seed=1)
     got = ours.logits(ids, mask, lora)
-    assert real_max_diff(torch_logits(pm, ids, mask), got, mask) <= TINY_TOL
-    assert real_max_diff(got, ours.logits(ids, mask), mask) > 1e-2
+    assert max_diff_real(hf_logits(pm, ids, mask), got, mask) <= TINY_TOL
+    assert max_diff_real(got, ours.logits(ids, mask), mask) > 1e-2
 
 
 # --- rsLoRA, rank_pattern / alpha_pattern, options ------------------------------------------------
@@ -176,7 +139,7 @@ def test_rank_and_alpha_patterns_both_ways(llama, tmp_path, rslora):
     assert c.alphas("v_proj", 2) == (3, 3) and c.alphas("down_proj", 2) == (5, 8)
     assert lora.A["q_proj"].shape == (2, 6, 64) and not np.any(np.asarray(lora.A["q_proj"])[1, 2:])
     ids, mask = tiny_batch(ours.config.vocab_size)
-    assert real_max_diff(ours.logits(ids, mask, lora), torch_logits(pm, ids, mask), mask) <= TINY_TOL
+    assert max_diff_real(ours.logits(ids, mask, lora), hf_logits(pm, ids, mask), mask) <= TINY_TOL
 
     save_peft_adapter(lora, str(tmp_path / "ours"))
     exported = json.load(open(tmp_path / "ours" / "adapter_config.json"))
@@ -185,14 +148,14 @@ def test_rank_and_alpha_patterns_both_ways(llama, tmp_path, rslora):
         np.testing.assert_array_equal(file_tensors(tmp_path / "ours")[k], v)
     assert_same_lora(load_peft_adapter(str(tmp_path / "ours"), ours.config), lora)
     pm2 = load_in_peft(torch_model, tmp_path / "ours")
-    assert real_max_diff(torch_logits(pm2, ids, mask), torch_logits(pm, ids, mask), mask) <= TINY_TOL
+    assert max_diff_real(hf_logits(pm2, ids, mask), hf_logits(pm, ids, mask), mask) <= TINY_TOL
 
     # and an adapter born on our side with per-layer ranks goes to PEFT too
     ours_cfg = LoRAConfig(4, 8, ("k_proj", "up_proj"), use_rslora=rslora, layer_ranks={"k_proj": (1, 3)},
                           layer_alphas={"up_proj": (2, 6)})
     mine = init_lora(jax.random.PRNGKey(0), ours.config, ours_cfg, random_b=True, b_std=0.1)
     pm3 = load_in_peft(torch_model, save_peft_adapter(mine, str(tmp_path / "mine")))
-    assert real_max_diff(torch_logits(pm3, ids, mask), ours.logits(ids, mask, mine), mask) <= TINY_TOL
+    assert max_diff_real(hf_logits(pm3, ids, mask), ours.logits(ids, mask, mine), mask) <= TINY_TOL
 
 
 def test_regex_target_modules_and_fan_in_fan_out(llama, tmp_path):
@@ -206,8 +169,8 @@ def test_regex_target_modules_and_fan_in_fan_out(llama, tmp_path):
     lora = load_peft_adapter(str(tmp_path / "peft"))
     assert lora.modules == ("q_proj", "gate_proj") and lora.num_layers == 2
     ids, mask = tiny_batch(ours.config.vocab_size)
-    want = torch_logits(pm, ids, mask)
-    assert real_max_diff(ours.logits(ids, mask, lora), want, mask) <= TINY_TOL
+    want = hf_logits(pm, ids, mask)
+    assert max_diff_real(ours.logits(ids, mask, lora), want, mask) <= TINY_TOL
 
     json.dump({**cfg, "fan_in_fan_out": True}, open(cfg_path, "w"))
     flipped = load_peft_adapter(str(tmp_path / "peft"))
@@ -217,7 +180,7 @@ def test_regex_target_modules_and_fan_in_fan_out(llama, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # PEFT warns that it resets fan_in_fan_out for nn.Linear
         pm2 = PeftModel.from_pretrained(copy.deepcopy(torch_model), str(tmp_path / "peft")).eval()
-    assert real_max_diff(torch_logits(pm2, ids, mask), ours.logits(ids, mask, flipped), mask) <= TINY_TOL
+    assert max_diff_real(hf_logits(pm2, ids, mask), ours.logits(ids, mask, flipped), mask) <= TINY_TOL
 
 
 def test_adapter_model_bin(llama, tmp_path):
@@ -349,8 +312,8 @@ def test_smollm2_peft_adapter_in_our_decoder(smollm2, smollm2_torch, tmp_path):
     lora = load_peft_adapter(str(tmp_path / "peft"), smollm2.config)
     ids, mask = _smollm2_batch(smollm2)
     got = smollm2.logits(ids, mask, lora)
-    assert real_max_diff(got, torch_logits(pm, ids, mask), mask) <= SMOLLM2_TOL
-    assert real_max_diff(got, smollm2.logits(ids, mask), mask) > 0.1
+    assert max_diff_real(got, hf_logits(pm, ids, mask), mask) <= SMOLLM2_TOL
+    assert max_diff_real(got, smollm2.logits(ids, mask), mask) > 0.1
 
 
 @pytest.mark.slow
@@ -361,8 +324,8 @@ def test_smollm2_our_adapter_in_peft(smollm2, smollm2_torch, tmp_path):
     pm = load_in_peft(smollm2_torch[0], folder)
     ids, mask = _smollm2_batch(smollm2)
     got = smollm2.logits(ids, mask, lora)
-    assert real_max_diff(torch_logits(pm, ids, mask), got, mask) <= SMOLLM2_TOL
-    assert real_max_diff(got, smollm2.logits(ids, mask), mask) > 0.1
+    assert max_diff_real(hf_logits(pm, ids, mask), got, mask) <= SMOLLM2_TOL
+    assert max_diff_real(got, smollm2.logits(ids, mask), mask) > 0.1
 
 
 def test_the_peft_check_fails_on_missing_or_extra_keys(llama, good):

@@ -23,8 +23,7 @@ import jax
 import numpy as np
 import pytest
 import torch
-from conftest import DATA_DIR, make_tiny_torch_model
-from test_peft import load_in_peft, real_max_diff, torch_logits
+from conftest import DATA_DIR, hf_logits, load_in_peft, make_tiny_torch_model, max_diff_real
 
 from llgbm_jax import optim, teachers
 from llgbm_jax.lora import LoRAConfig, init_lora
@@ -257,8 +256,8 @@ def test_exported_adapters_load_in_peft_with_prompts_and_metrics(tiny, arc_e, tm
         lora = load_peft_adapter(a["path"], ours.config)
         pm = load_in_peft(torch_model, a["path"])  # no PEFT warnings, saved keys == PeftModel's keys
         got = ours.logits(ids, mask, lora)
-        assert real_max_diff(torch_logits(pm, ids, mask), got, mask) <= TINY_TOL
-        assert real_max_diff(got, ours.logits(ids, mask), mask) > 1e-3
+        assert max_diff_real(hf_logits(pm, ids, mask), got, mask) <= TINY_TOL
+        assert max_diff_real(got, ours.logits(ids, mask), mask) > 1e-3
         metrics = read_json(os.path.join(a["path"], "metrics.json"))
         prompts = read_json(os.path.join(a["path"], "prompts.json"))
         assert metrics["task"] == "arc_e" and metrics["step"] == a["step"] and metrics["seed"] == 2
@@ -365,8 +364,8 @@ def test_smollm2_teacher_adapter_loads_in_peft_with_our_logits(smollm2, smollm2_
     assert not hasattr(smollm2_torch[0], "peft_config")
     ids, mask = smollm2.encode([task.format_prompt(r, smollm2) for r in train[200:202]], pad_to_multiple_of=None)
     got = smollm2.logits(ids, mask, lora)
-    diff = real_max_diff(torch_logits(pm, ids, mask), got, mask)
-    moved = real_max_diff(got, smollm2.logits(ids, mask), mask)
+    diff = max_diff_real(hf_logits(pm, ids, mask), got, mask)
+    moved = max_diff_real(got, smollm2.logits(ids, mask), mask)
     print(f"PEFT vs ours max |logit diff| {diff:.1e}; adapter vs base {moved:.2e}; losses {res.history['loss']}")
     assert diff <= SMOLLM2_TOL
     assert moved > 10 * SMOLLM2_TOL

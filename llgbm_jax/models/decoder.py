@@ -30,14 +30,14 @@ _NEG = -1e30  # finite mask value: a fully masked (padding) query row gives unif
 
 
 class KVCache(NamedTuple):
-    k: jax.Array  # [L, B, T, KV, D]
-    v: jax.Array  # [L, B, T, KV, D]
+    k: jax.Array  # [L, B, KV, T, D]: heads before time, so attention reads it without transposes
+    v: jax.Array  # [L, B, KV, T, D]
     valid: jax.Array  # [B, T] bool: slot holds a real token
     index: jax.Array  # int32 scalar: next slot to write
 
 
 def init_cache(config: ModelConfig, batch: int, length: int, dtype) -> KVCache:
-    shape = (config.num_layers, batch, length, config.num_kv_heads, config.head_dim)
+    shape = (config.num_layers, batch, config.num_kv_heads, length, config.head_dim)
     return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros((batch, length), bool),
                    jnp.zeros((), jnp.int32))
 
@@ -100,20 +100,29 @@ def _project(x, weight, bias=None, lora=None):
     return y
 
 
-def _attend(q, k, v, q_slots, kv_valid):
-    """q: [B,S,H,D]; k, v: [B,T,KV,D]; q_slots: [S] slot index of each query; kv_valid: [B,T]."""
+def _attend(q, blocks):
+    """Grouped-query attention of q ``[B,S,H,D]`` over key/value blocks ``(k, v, allowed)`` with
+    k, v ``[B,KV,T,D]`` and ``allowed`` ``[B,S,T]``, under one softmax. A KV cache and the new
+    tokens are separate blocks, so the cache is only read, never copied to insert new keys."""
     b, s, h, d = q.shape
-    kv = k.shape[2]
+    kv = blocks[0][0].shape[1]
     q = q.reshape(b, s, kv, h // kv, d)
-    scores = jnp.einsum("bskgd,btkd->bkgst", q, k, preferred_element_type=jnp.float32) * (d ** -0.5)
-    allowed = kv_valid[:, None, :] & (jnp.arange(k.shape[1])[None, None, :] <= q_slots[None, :, None])
-    scores = jnp.where(allowed[:, None, None], scores, _NEG)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    return jnp.einsum("bkgst,btkd->bskgd", probs, v).reshape(b, s, h * d)
+    scores = [jnp.where(allowed[:, None, None],
+                        jnp.einsum("bskgd,bktd->bkgst", q, k, preferred_element_type=jnp.float32) * (d ** -0.5), _NEG)
+              for k, _, allowed in blocks]
+    probs = jax.nn.softmax(jnp.concatenate(scores, axis=-1), axis=-1)
+    out, start = 0.0, 0
+    for k, v, _ in blocks:
+        p = jax.lax.slice_in_dim(probs, start, start + k.shape[2], axis=-1).astype(v.dtype)
+        out = out + jnp.einsum("bkgst,bktd->bskgd", p, v)
+        start += k.shape[2]
+    return out.reshape(b, s, h * d).astype(v.dtype)
 
 
 def _layer(config: ModelConfig, h, lp, ll, cos, sin, attn_args):
-    """One decoder block. ``attn_args`` is ``(q_slots, kv_valid, kv_cache_layer_or_None, index)``."""
+    """One decoder block. ``attn_args`` is ``(allowed [B,S,S] among the new tokens, this layer's
+    (k, v) cache or None, allowed [B,S,T] over the cache)``. Returns the new hidden states and this
+    block's new keys/values ``[B, KV, S, D]``."""
     ll = ll or {}
     b, s, _ = h.shape
     nh, nkv, d = config.num_heads, config.num_kv_heads, config.head_dim
@@ -125,19 +134,49 @@ def _layer(config: ModelConfig, h, lp, ll, cos, sin, attn_args):
         q = rms_norm(q, lp["q_norm"], config.rms_norm_eps)
         k = rms_norm(k, lp["k_norm"], config.rms_norm_eps)
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-    q_slots, kv_valid, layer_cache, index = attn_args
+    k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, KV, S, D], the cache's layout
+    new_allowed, layer_cache, cache_allowed = attn_args
+    blocks = [(k, v, new_allowed)]
     if layer_cache is not None:
-        kc, vc = layer_cache
-        kc = jax.lax.dynamic_update_slice(kc, k.astype(kc.dtype), (0, index, 0, 0))
-        vc = jax.lax.dynamic_update_slice(vc, v.astype(vc.dtype), (0, index, 0, 0))
-        k, v, layer_cache = kc, vc, (kc, vc)
-    attn = _attend(q, k, v, q_slots, kv_valid)
+        blocks.insert(0, (*layer_cache, cache_allowed))
+    attn = _attend(q, blocks)
     h = h + _project(attn, lp["o_proj"], None, ll.get("o_proj"))
     x = rms_norm(h, lp["post_norm"], config.rms_norm_eps)
     gate = _project(x, lp["gate_proj"], None, ll.get("gate_proj"))
     up = _project(x, lp["up_proj"], None, ll.get("up_proj"))
     h = h + _project(jax.nn.silu(gate) * up, lp["down_proj"], None, ll.get("down_proj"))
-    return h, layer_cache
+    return h, (k, v)
+
+
+def _run_layers(params, config: ModelConfig, input_ids, attention_mask, lora, positions, cache, remat):
+    """Embed, run every block, final norm. Returns ``(hidden, new keys/values [L, B, KV, S, D])``."""
+    input_ids, attention_mask = jnp.asarray(input_ids), jnp.asarray(attention_mask)
+    b, s = input_ids.shape
+    if lora is not None:
+        check_lora(lora, config)
+        if lora.batch_shape not in ((), (b,)):
+            raise ValueError(f"LoRA batch shape {lora.batch_shape} does not match input batch {b}")
+    if positions is None:
+        positions = position_ids(attention_mask)
+    angles = positions[..., None].astype(jnp.float32) * jnp.asarray(rope_inv_freq(config))
+    angles = jnp.concatenate([angles, angles], axis=-1)
+    cos, sin = jnp.cos(angles), jnp.sin(angles)
+
+    mask = attention_mask.astype(bool)
+    new_allowed = mask[:, None, :] & jnp.tril(jnp.ones((s, s), bool))[None]  # causal among the new tokens
+    cache_allowed = None if cache is None else jnp.broadcast_to(cache.valid[:, None, :], (b, s, cache.valid.shape[1]))
+
+    def body(h, xs):
+        lp, ll, layer_cache = xs
+        return _layer(config, h, lp, ll, cos, sin, (new_allowed, layer_cache, cache_allowed))
+
+    if remat:
+        body = jax.checkpoint(body)
+    # The cache enters as per-layer scan inputs and is only read; the S new keys/values come out of
+    # the scan and are written into the cache once (a scan-carried cache is copied layer by layer).
+    layer_caches = None if cache is None else (cache.k, cache.v)
+    h, new_kv = jax.lax.scan(body, params["embed"][input_ids], (params["layers"], layer_slices(lora), layer_caches))
+    return rms_norm(h, params["final_norm"], config.rms_norm_eps), new_kv
 
 
 def forward(params, config: ModelConfig, input_ids, attention_mask, lora: LoRA | None = None, *,
@@ -145,48 +184,31 @@ def forward(params, config: ModelConfig, input_ids, attention_mask, lora: LoRA |
     """Run the decoder. Returns ``(hidden [B, S, H] after the final norm, updated cache or None)``.
 
     Without a cache, attention is causal over this sequence, restricted to ``attention_mask``.
-    With a cache, the new keys/values are written at ``cache.index`` and queries attend to every
-    valid cached slot at or before their own.
+    With a cache, queries attend to every valid cached slot and causally to the new tokens; the new
+    keys/values are written at ``cache.index``. (To start a cache from a prompt, use `prefill`.)
     """
-    input_ids = jnp.asarray(input_ids)
-    attention_mask = jnp.asarray(attention_mask)
-    b, s = input_ids.shape
-    if lora is not None and lora.batch_shape not in ((), (b,)):
-        raise ValueError(f"LoRA batch shape {lora.batch_shape} does not match input batch {b}")
-    if positions is None:
-        positions = position_ids(attention_mask)
-    angles = positions[..., None].astype(jnp.float32) * jnp.asarray(rope_inv_freq(config))
-    angles = jnp.concatenate([angles, angles], axis=-1)
-    cos, sin = jnp.cos(angles), jnp.sin(angles)
-
-    h = params["embed"][input_ids]
-    if lora is not None:
-        check_lora(lora, config)
-    lora_xs = layer_slices(lora)
-
+    h, new_kv = _run_layers(params, config, input_ids, attention_mask, lora, positions, cache, remat)
     if cache is None:
-        q_slots, kv_valid, index = jnp.arange(s), attention_mask.astype(bool), None
-    else:
-        index = cache.index
-        q_slots = index + jnp.arange(s)
-        kv_valid = jax.lax.dynamic_update_slice(cache.valid, attention_mask.astype(bool), (0, index))
+        return h, None
+    index = cache.index
+    write = lambda c, x: jax.lax.dynamic_update_slice(c, x.astype(c.dtype), (0, 0, 0, index, 0))
+    valid = jax.lax.dynamic_update_slice(cache.valid, jnp.asarray(attention_mask).astype(bool), (0, index))
+    return h, KVCache(write(cache.k, new_kv[0]), write(cache.v, new_kv[1]), valid, index + h.shape[1])
 
-    def body(carry, xs):
-        h, kc, vc = carry
-        lp, ll, i = xs
-        layer_cache = None if kc is None else (kc[i], vc[i])
-        h, layer_cache = _layer(config, h, lp, ll, cos, sin, (q_slots, kv_valid, layer_cache, index))
-        if kc is not None:
-            kc, vc = kc.at[i].set(layer_cache[0]), vc.at[i].set(layer_cache[1])
-        return (h, kc, vc), None
 
-    if remat:
-        body = jax.checkpoint(body)
-    kc0, vc0 = (None, None) if cache is None else (cache.k, cache.v)
-    (h, kc, vc), _ = jax.lax.scan(body, (h, kc0, vc0), (params["layers"], lora_xs, jnp.arange(config.num_layers)))
-    h = rms_norm(h, params["final_norm"], config.rms_norm_eps)
-    new_cache = None if cache is None else KVCache(kc, vc, kv_valid, index + s)
-    return h, new_cache
+def prefill(params, config: ModelConfig, input_ids, attention_mask, lora: LoRA | None = None, *, length: int,
+            positions=None) -> tuple[jax.Array, KVCache]:
+    """Run a prompt and return ``(hidden, a KVCache of `length` slots holding it)``.
+
+    Unlike `forward` with an empty cache, no attention over (all-masked) empty slots is traced.
+    """
+    h, (k, v) = _run_layers(params, config, input_ids, attention_mask, lora, positions, None, False)
+    s = h.shape[1]
+    if length < s:
+        raise ValueError(f"cache length {length} is shorter than the prompt ({s} tokens)")
+    pad = ((0, 0), (0, 0), (0, 0), (0, length - s), (0, 0))
+    valid = jnp.pad(jnp.asarray(attention_mask).astype(bool), ((0, 0), (0, length - s)))
+    return h, KVCache(jnp.pad(k, pad), jnp.pad(v, pad), valid, jnp.int32(s))
 
 
 def lm_head(params, config: ModelConfig, hidden):
@@ -209,9 +231,8 @@ def generate(params, config: ModelConfig, input_ids, attention_mask, lora: LoRA 
     The loop stops early once every row has finished.
     """
     b, p = input_ids.shape
-    cache = init_cache(config, b, p + max_new_tokens, params["embed"].dtype)
     pos = position_ids(attention_mask)
-    h, cache = forward(params, config, input_ids, attention_mask, lora, positions=pos, cache=cache)
+    h, cache = prefill(params, config, input_ids, attention_mask, lora, length=p + max_new_tokens, positions=pos)
     last = jnp.maximum(jnp.sum(attention_mask, axis=-1) - 1, 0)
     if p > 0:  # left padding: the last column is real; right padding: the last real token
         last = jnp.where(attention_mask[:, -1] > 0, p - 1, last)
