@@ -67,6 +67,15 @@ def main(argv=None):
     model = load_base_model(model_name, dtype=args.dtype)
     print(f"loaded {model_name} ({args.dtype}) in {time.perf_counter() - t0:.1f}s; data: {get_data_dir(args.data_dir)}")
 
+    def save():  # after every task, so a killed run keeps what it measured
+        if args.out:
+            write_json_atomic(args.out, {
+                "model": model_name, "dtype": args.dtype, "data_dir": os.path.abspath(get_data_dir(args.data_dir)),
+                "max_samples": args.max_samples, "max_new_tokens": args.max_new_tokens,
+                "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                            "jax_backend": jax.default_backend(), "load_average": os.getloadavg()},
+                "tasks": results})
+
     results = {}
     for task in tasks:
         records = evals[task.name][:args.max_samples] if args.max_samples else evals[task.name]
@@ -75,8 +84,9 @@ def main(argv=None):
         label, share = task.majority_baseline(records)
         res.update(majority_label=f"{label:g}" if isinstance(label, float) else str(label), majority_baseline=share)
         results[task.name] = res
+        save()
         print(f"{task.name}: {res['correct']}/{res['total']} = {res['accuracy']:.3f} {_fmt_ci(res['ci95'])}, "
-              f"{res['seconds']:.1f}s")
+              f"{res['seconds']:.1f}s", flush=True)
 
     print("\n" + format_table(results))
     if "arc_e" in results:
@@ -84,13 +94,7 @@ def main(argv=None):
         print(f"\nARC-e throughput: {r['questions_per_s']:.2f} questions/s (compilation included) -> 500 questions "
               f"in {500 / r['questions_per_s']:.0f}s (target < 180s)")
     if args.out:
-        write_json_atomic(args.out, {
-            "model": model_name, "dtype": args.dtype, "data_dir": os.path.abspath(get_data_dir(args.data_dir)),
-            "max_samples": args.max_samples, "max_new_tokens": args.max_new_tokens,
-            "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "jax_backend": jax.default_backend(),
-                        "load_average_at_end": os.getloadavg()}, "tasks": results})
         print(f"wrote {args.out}")
-
 
 if __name__ == "__main__":
     main()

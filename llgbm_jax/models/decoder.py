@@ -233,11 +233,9 @@ def generate(params, config: ModelConfig, input_ids, attention_mask, lora: LoRA 
     b, p = input_ids.shape
     pos = position_ids(attention_mask)
     h, cache = prefill(params, config, input_ids, attention_mask, lora, length=p + max_new_tokens, positions=pos)
-    last = jnp.maximum(jnp.sum(attention_mask, axis=-1) - 1, 0)
-    if p > 0:  # left padding: the last column is real; right padding: the last real token
-        last = jnp.where(attention_mask[:, -1] > 0, p - 1, last)
+    last = jnp.max(jnp.where(attention_mask > 0, jnp.arange(p), 0), axis=-1)  # last real token, either side
     first = jnp.argmax(lm_head(params, config, h[jnp.arange(b), last]), axis=-1).astype(jnp.int32)
-    next_pos = jnp.max(jnp.where(attention_mask > 0, pos, -1), axis=-1) + 1
+    next_pos = pos[jnp.arange(b), last] + 1
     eos = jnp.asarray(eos_ids, jnp.int32)
 
     def cond(state):
