@@ -148,8 +148,9 @@ def _layer(config: ModelConfig, h, lp, ll, cos, sin, attn_args):
     return h, (k, v)
 
 
-def _run_layers(params, config: ModelConfig, input_ids, attention_mask, lora, positions, cache, remat):
-    """Embed, run every block, final norm. Returns ``(hidden, new keys/values [L, B, KV, S, D])``."""
+def _run_layers(params, config: ModelConfig, input_ids, attention_mask, lora, positions, cache, remat, keep_kv):
+    """Embed, run every block, final norm. Returns ``(hidden, new keys/values [L, B, KV, S, D])``;
+    the keys/values are ``None`` unless ``keep_kv`` (a plain forward or a training step needs none)."""
     input_ids, attention_mask = jnp.asarray(input_ids), jnp.asarray(attention_mask)
     b, s = input_ids.shape
     if lora is not None:
@@ -168,7 +169,8 @@ def _run_layers(params, config: ModelConfig, input_ids, attention_mask, lora, po
 
     def body(h, xs):
         lp, ll, layer_cache = xs
-        return _layer(config, h, lp, ll, cos, sin, (new_allowed, layer_cache, cache_allowed))
+        h, new_kv = _layer(config, h, lp, ll, cos, sin, (new_allowed, layer_cache, cache_allowed))
+        return h, (new_kv if keep_kv else None)
 
     if remat:
         body = jax.checkpoint(body)
@@ -187,7 +189,8 @@ def forward(params, config: ModelConfig, input_ids, attention_mask, lora: LoRA |
     With a cache, queries attend to every valid cached slot and causally to the new tokens; the new
     keys/values are written at ``cache.index``. (To start a cache from a prompt, use `prefill`.)
     """
-    h, new_kv = _run_layers(params, config, input_ids, attention_mask, lora, positions, cache, remat)
+    h, new_kv = _run_layers(params, config, input_ids, attention_mask, lora, positions, cache, remat,
+                            keep_kv=cache is not None)
     if cache is None:
         return h, None
     index = cache.index
@@ -202,7 +205,7 @@ def prefill(params, config: ModelConfig, input_ids, attention_mask, lora: LoRA |
 
     Unlike `forward` with an empty cache, no attention over (all-masked) empty slots is traced.
     """
-    h, (k, v) = _run_layers(params, config, input_ids, attention_mask, lora, positions, None, False)
+    h, (k, v) = _run_layers(params, config, input_ids, attention_mask, lora, positions, None, False, keep_kv=True)
     s = h.shape[1]
     if length < s:
         raise ValueError(f"cache length {length} is shorter than the prompt ({s} tokens)")
