@@ -44,3 +44,18 @@ def load_smollm2_pair(dtype: str = "float32"):
     ref = AutoModelForCausalLM.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path),
                                                dtype=getattr(torch, dtype)).eval()
     return ours, ref
+
+
+def interleaved_medians(fns: dict, repeats: int, warmup: int = 2) -> dict:
+    """Median seconds per call of each ``fns[k]()``, timed round-robin so that load from other processes
+    on a shared machine drifts over all of them alike rather than over whichever ran last."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}

@@ -15,28 +15,11 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import statistics
 import sys
 import tempfile
-import time
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import load_smollm2_pair, threads  # noqa: E402
-
-
-def interleaved_medians(fns: dict, repeats: int, warmup: int = 2) -> dict:
-    """Median seconds per call of each ``fns[k]()``, timed round-robin so that load from other processes
-    on a shared machine drifts over all of them alike rather than over whichever ran last."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    times = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
+from common import interleaved_medians, load_smollm2_pair, threads  # noqa: E402
 
 
 def main(argv=None):

@@ -5,7 +5,7 @@
 
 Finished runs are not retrained and a killed run resumes from its last orbax checkpoint, so the same
 command can simply be run again. Prints the total time and, per task and run, the held-out accuracy of
-the base model and of the run's final adapter (n, Wilson 95% interval, gain in standard errors), and
+the base model and of the run's final adapter (n, Wilson 95% intervals, gain with its paired standard error), and
 saves the training loss curves to ``<zoo-dir>/loss_curves.png``.
 """
 
@@ -60,20 +60,21 @@ def zoo_config(args):
 
 
 def summary_table(manifest) -> str:
-    """One line per (task, run): n, base and teacher accuracy with 95% intervals, gain in standard errors."""
+    """One line per (task, run): n, base and teacher accuracy with 95% intervals, and the gain with its
+    paired standard error (same questions) and in standard errors."""
     base = manifest.get("base_accuracy", {})
     counts = {}
     for a in manifest["adapters"]:
         counts[a["task"], a["run"]] = counts.get((a["task"], a["run"]), 0) + 1
     lines = [f"{'task':<8} {'run':<5} {'adapters':>8} {'n':>5}  {'base [95% CI]':<22} {'teacher [95% CI]':<22} "
-             f"{'gain/SE':>7}"]
+             f"{'gain ± SE':<15} {'gain/SE':>7}"]
     for s in manifest.get("summary", []):
         b = base[s["task"]]
         lo, hi = s["teacher_ci95"]
         lines.append(f"{s['task']:<8} {s['run']:<5} {counts[s['task'], s['run']]:>8} {s['n']:>5}  "
                      f"{s['base']:.3f} [{b['ci95'][0]:.3f}, {b['ci95'][1]:.3f}]   "
-                     f"{s['teacher']:.3f} [{lo:.3f}, {hi:.3f}]   {s['gain_in_se']:>7.2f}"
-                     + ("" if s["gain_in_se"] > 2 else "  (not > 2 SE)"))
+                     f"{s['teacher']:.3f} [{lo:.3f}, {hi:.3f}]   {s['gain']:+.3f} ± {s['se']:.3f}  "
+                     f"{s['gain_in_se']:>7.2f}" + ("" if s["gain_in_se"] > 2 else "  (not > 2 SE)"))
     return "\n".join(lines)
 
 
@@ -119,8 +120,9 @@ def main(argv=None):
     t0 = time.perf_counter()
     manifest = build_zoo(args.zoo_dir, cfg, data_dir=args.data_dir, show_progress=not args.no_progress)
     seconds = time.perf_counter() - t0
-    print(f"\n{len(manifest['adapters'])} adapters in {args.zoo_dir}; this call took {seconds / 60:.1f} min "
-          f"({manifest['seconds'] / 60:.1f} min over all calls that built this zoo)\n")
+    print(f"\n{len(manifest['adapters'])} adapters in {args.zoo_dir}; this call took {seconds / 60:.1f} min. Over all "
+          f"calls that built this zoo: {manifest['seconds'] / 60:.1f} min, of which training and export "
+          f"{manifest.get('train_seconds', 0) / 60:.1f} min and test-set scoring {manifest.get('eval_seconds', 0) / 60:.1f} min\n")
     print(summary_table(manifest))
     print(f"\nloss curves: {plot_loss_curves(args.zoo_dir, manifest, os.path.join(args.zoo_dir, 'loss_curves.png'))}")
 

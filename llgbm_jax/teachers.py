@@ -277,12 +277,16 @@ class ZooConfig:
 
 
 PRESETS = {
-    # The embedded SmolLM2-135M on this 2-core CPU: 4 tasks x 1 trajectory x 8 adapters. A step of
-    # batch 8 x 192 tokens takes about 7.7 s here, so the steps are sized for a ~40-minute build.
+    # The embedded SmolLM2-135M on this 2-core CPU: 4 tasks x 1 trajectory x 8 adapters, sized by the
+    # measured step times (batch 8: ARC-e/OBQA rows of ~160 tokens 4.5 s, BoolQ ~96 tokens 2.7 s;
+    # GSM8K batch 4 x ~256 tokens 3.7 s) for a build of about 35 minutes. Scoring (1000 held-out
+    # questions per task, 64 for GSM8K) comes on top and is timed separately.
     "cpu": ZooConfig(
-        eval_samples=500,  # n=200 leaves a 2-SE bar of about 8 points: too coarse for a 135M model's gains
-        teacher=TeacherConfig(steps=64, warmup_steps=8, save_every=6, batch_size=8, learning_rate=5e-4),
-        task_overrides=(("gsm8k", (("steps", 48), ("save_every", 5), ("batch_size", 4), ("max_seq_len", 448))),),
+        eval_samples=1000,
+        teacher=TeacherConfig(steps=96, warmup_steps=8, save_every=10, batch_size=8, learning_rate=1e-3),
+        task_overrides=(("boolq", (("steps", 128), ("save_every", 12))),
+                        ("gsm8k", (("steps", 64), ("save_every", 6), ("batch_size", 4), ("max_seq_len", 448),
+                                   ("learning_rate", 5e-4)))),
     ),
     # Qwen2.5-0.5B-Instruct on an accelerator: every task, 4 runs on disjoint chunks, longer training.
     "gpu": ZooConfig(
@@ -293,19 +297,16 @@ PRESETS = {
 }
 
 
-def _std_error_diff(p1: float, p0: float, n1: int, n0: int) -> float:
-    return float(np.sqrt(p1 * (1 - p1) / max(n1, 1) + p0 * (1 - p0) / max(n0, 1)))
-
-
 def build_zoo(zoo_dir: str, cfg: ZooConfig, *, base_model=None, data_dir: str | None = None,
               show_progress: bool = True) -> dict[str, Any]:
     """Train every (task, run) of ``cfg`` into ``zoo_dir`` and write ``zoo_dir/manifest.json``.
 
     Finished runs (their last adapter exported) are not retrained; a killed run resumes from its
     orbax state. Each run's final adapter is scored on ``eval_samples`` held-out questions beside the
-    base model. Returns the manifest.
+    base model (per-question results in ``test_details.json`` files; the summary's gain and its paired
+    standard error compare the two on the same questions). Returns the manifest.
     """
-    from llgbm_jax.evaluation import compute_accuracy_with_lora
+    from llgbm_jax.evaluation import compute_accuracy_with_lora, paired_gain
     from llgbm_jax.models import load_base_model
     from llgbm_jax.peft_io import load_peft_adapter
     from llgbm_jax.tasks import get_task
@@ -317,10 +318,18 @@ def build_zoo(zoo_dir: str, cfg: ZooConfig, *, base_model=None, data_dir: str | 
     base_cache = manifest.setdefault("base_accuracy", {})
     summary = []
 
-    def evaluate(lora, task, records):
+    def evaluate(lora, task, records, details_path):
+        """Accuracy summary; the per-question hits go to ``details_path`` (for paired comparisons)."""
         n = cfg.gsm8k_eval_samples if task.task_type == "gsm8k" else cfg.eval_samples
-        return compute_accuracy_with_lora(lora, base_model, records, task, max_samples=n,
-                                          max_new_tokens=cfg.gsm8k_max_new_tokens, show_progress=show_progress)
+        res = compute_accuracy_with_lora(lora, base_model, records, task, max_samples=n, return_details=True,
+                                         max_new_tokens=cfg.gsm8k_max_new_tokens, show_progress=show_progress)
+        write_json_atomic(details_path, res.pop("details"))
+        manifest["eval_seconds"] = manifest.get("eval_seconds", 0.0) + res["seconds"]
+        return {k: res[k] for k in ("accuracy", "correct", "total", "parse_failures", "ci95", "seconds")}
+
+    def hits(path):
+        with open(path) as f:
+            return [d["correct"] for d in json.load(f)]
 
     for task_name in cfg.tasks:
         task = get_task(task_name, data_dir)
@@ -333,17 +342,19 @@ def build_zoo(zoo_dir: str, cfg: ZooConfig, *, base_model=None, data_dir: str | 
             run_dir = os.path.join(zoo_dir, task_name, run_name)
             final = os.path.join(run_dir, f"step_{tcfg.steps:05d}")
             if not os.path.exists(os.path.join(final, "metrics.json")):
-                train_run(base_model, task, chunk, tcfg, run_dir, seed=cfg.seed + 1000 * run + zlib.crc32(task_name.encode()) % 997,
+                result = train_run(base_model, task, chunk, tcfg, run_dir, seed=cfg.seed + 1000 * run + zlib.crc32(task_name.encode()) % 997,
                           show_progress=show_progress,
                           data_info={"split": "train", "chunk": run, "num_chunks": len(chunks),
                                      "chunk_seed": cfg.seed, "chunk_records": len(chunk), "train_records": len(train)})
+                manifest["train_seconds"] = manifest.get("train_seconds", 0.0) + result.seconds
             with open(os.path.join(final, "metrics.json")) as f:
                 final_metrics = json.load(f)
-            if eval_records and "test_accuracy" not in final_metrics:
-                if task_name not in base_cache:
-                    base_cache[task_name] = evaluate(None, task, eval_records)
-                res = evaluate(load_peft_adapter(final), task, eval_records)
-                final_metrics["test_accuracy"] = {k: res[k] for k in ("accuracy", "correct", "total", "parse_failures", "ci95")}
+            base_details = os.path.join(zoo_dir, task_name, "base_test_details.json")
+            final_details = os.path.join(final, "test_details.json")
+            if eval_records and not ("test_accuracy" in final_metrics and os.path.exists(final_details)):
+                if task_name not in base_cache or not os.path.exists(base_details):
+                    base_cache[task_name] = evaluate(None, task, eval_records, base_details)
+                final_metrics["test_accuracy"] = evaluate(load_peft_adapter(final), task, eval_records, final_details)
                 write_json_atomic(os.path.join(final, "metrics.json"), final_metrics)
             entries = []
             for step in tcfg.save_steps():
@@ -358,12 +369,10 @@ def build_zoo(zoo_dir: str, cfg: ZooConfig, *, base_model=None, data_dir: str | 
                                     if (a["task"], a["run"]) != (task_name, run_name)] + entries
             write_json_atomic(os.path.join(zoo_dir, "manifest.json"), manifest)
             if "test_accuracy" in final_metrics:
-                base = base_cache[task_name]
                 acc = final_metrics["test_accuracy"]
-                se = _std_error_diff(acc["accuracy"], base["accuracy"], acc["total"], base["total"])
-                summary.append({"task": task_name, "run": run_name, "n": acc["total"], "base": base["accuracy"],
-                                "teacher": acc["accuracy"], "teacher_ci95": acc["ci95"],
-                                "gain_in_se": (acc["accuracy"] - base["accuracy"]) / se if se > 0 else 0.0})
+                summary.append({"task": task_name, "run": run_name, "n": acc["total"],
+                                "base": base_cache[task_name]["accuracy"], "teacher": acc["accuracy"],
+                                "teacher_ci95": acc["ci95"], **paired_gain(hits(base_details), hits(final_details))})
     manifest["summary"] = summary
     manifest["seconds"] = manifest.get("seconds", 0.0) + time.perf_counter() - t_start
     write_json_atomic(os.path.join(zoo_dir, "manifest.json"), manifest)

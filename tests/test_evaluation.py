@@ -132,6 +132,20 @@ def test_wilson_interval():
     assert ev.wilson_interval(0, 0) == (0.0, 1.0)
 
 
+def test_paired_gain():
+    base = [1, 0, 0, 1, 0, 1, 0, 0]
+    new = [1, 1, 1, 1, 0, 0, 1, 0]
+    g = ev.paired_gain(base, new)
+    d = np.array(new) - np.array(base)  # +1 three times, -1 once
+    assert g["gain"] == pytest.approx(2 / 8) and g["n"] == 8
+    assert g["se"] == pytest.approx(np.sqrt(np.sum((d - 0.25) ** 2) / 7 / 8))
+    assert g["gain_in_se"] == pytest.approx(0.25 / g["se"])
+    assert (g["only_new_correct"], g["only_base_correct"]) == (3, 1)
+    assert ev.paired_gain([1, 0], [1, 0])["gain_in_se"] == 0.0  # no differences: no evidence
+    with pytest.raises(ValueError, match="equally long"):
+        ev.paired_gain([1, 0], [1])
+
+
 # --- slow: SmolLM2-135M-Instruct against transformers ------------------------------------------------------
 
 @pytest.fixture(scope="module", autouse=True)

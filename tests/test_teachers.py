@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import runpy
 import subprocess
 import sys
 
@@ -180,8 +181,9 @@ def test_chunks_and_save_steps():
     assert teachers.TeacherConfig().save_steps() == [50, 60, 70, 80, 90, 100, 110, 120]
     assert SHORT.save_steps() == [4, 6]
     cpu = teachers.PRESETS["cpu"]
-    assert cpu.teacher_for("gsm8k").save_steps() == [13, 18, 23, 28, 33, 38, 43, 48]
-    assert cpu.teacher_for("arc_e").save_steps() == [22, 28, 34, 40, 46, 52, 58, 64]
+    assert cpu.teacher_for("gsm8k").save_steps() == list(range(22, 65, 6))
+    assert cpu.teacher_for("arc_e").save_steps() == list(range(26, 97, 10))
+    assert cpu.teacher_for("boolq").save_steps() == list(range(44, 129, 12))
     assert cpu.teacher_for("gsm8k").batch_size == 4 and cpu.teacher_for("arc_e").batch_size == 8
     # The minimum: at least 4 tasks x 8 adapters.
     assert len(cpu.tasks) >= 4 and all(len(cpu.teacher_for(t).save_steps()) * cpu.runs_per_task >= 8 for t in cpu.tasks)
@@ -324,7 +326,18 @@ def test_build_zoo_manifest_and_no_retraining(tiny, small_data, tmp_path, monkey
         acc = a["metrics"]["test_accuracy"]
         assert s["base"] == base["accuracy"] and s["teacher"] == acc["accuracy"] and s["teacher_ci95"] == acc["ci95"]
         assert acc["total"] == 6 and acc["ci95"][0] <= acc["accuracy"] <= acc["ci95"][1]
-        assert np.isfinite(s["gain_in_se"])
+        b_hits = [d["correct"] for d in read_json(os.path.join(zoo_dir, "arc_e", "base_test_details.json"))]
+        t_hits = [d["correct"] for d in read_json(os.path.join(zoo_dir, a["path"], "test_details.json"))]
+        assert sum(b_hits) == base["correct"] and sum(t_hits) == acc["correct"]
+        assert s["gain"] == pytest.approx(acc["accuracy"] - base["accuracy"]) and np.isfinite(s["gain_in_se"])
+
+    # The script's report: one table line per run, and the loss curves as a PNG.
+    script = runpy.run_path(os.path.join(ROOT, "experiments", "train_teachers.py"))
+    table = script["summary_table"](manifest).splitlines()
+    assert len(table) == 3 and table[1].startswith("arc_e    run0") and table[2].startswith("arc_e    run1")
+    assert f"{manifest['summary'][0]['gain']:+.3f}" in table[1]
+    png = script["plot_loss_curves"](zoo_dir, manifest, str(tmp_path / "curves.png"))
+    assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
 
     # Second call: nothing is trained or evaluated, no adapter file is rewritten.
     before = zoo_files(zoo_dir)
