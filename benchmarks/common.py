@@ -33,17 +33,10 @@ def median_time(fn, repeats: int = 5, warmup: int = 2) -> float:
 
 def load_smollm2_pair(dtype: str = "float32"):
     """Our `BaseModel` and transformers' PyTorch model, both from the embedded SmolLM2 GGUF."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
     from llgbm_jax.models import load_base_model
-    from llgbm_jax.models.base_model import embedded_gguf_path
+    from llgbm_jax.reference import torch_model
 
-    ours = load_base_model("smollm2-135m-instruct", dtype=dtype)
-    path = embedded_gguf_path("smollm2-135m-instruct")
-    ref = AutoModelForCausalLM.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path),
-                                               dtype=getattr(torch, dtype)).eval()
-    return ours, ref
+    return load_base_model("smollm2-135m-instruct", dtype=dtype), torch_model("smollm2-135m-instruct", dtype)
 
 
 def interleaved_medians(fns: dict, repeats: int, warmup: int = 2) -> dict:

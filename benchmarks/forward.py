@@ -9,7 +9,6 @@ Targets: forward >= 1.5x, generation >= 2x.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 

@@ -342,10 +342,11 @@ def build_zoo(zoo_dir: str, cfg: ZooConfig, *, base_model=None, data_dir: str | 
             run_dir = os.path.join(zoo_dir, task_name, run_name)
             final = os.path.join(run_dir, f"step_{tcfg.steps:05d}")
             if not os.path.exists(os.path.join(final, "metrics.json")):
-                result = train_run(base_model, task, chunk, tcfg, run_dir, seed=cfg.seed + 1000 * run + zlib.crc32(task_name.encode()) % 997,
-                          show_progress=show_progress,
-                          data_info={"split": "train", "chunk": run, "num_chunks": len(chunks),
-                                     "chunk_seed": cfg.seed, "chunk_records": len(chunk), "train_records": len(train)})
+                seed = cfg.seed + 1000 * run + zlib.crc32(task_name.encode()) % 997
+                result = train_run(base_model, task, chunk, tcfg, run_dir, seed=seed, show_progress=show_progress,
+                                   data_info={"split": "train", "chunk": run, "num_chunks": len(chunks),
+                                              "chunk_seed": cfg.seed, "chunk_records": len(chunk),
+                                              "train_records": len(train)})
                 manifest["train_seconds"] = manifest.get("train_seconds", 0.0) + result.seconds
             with open(os.path.join(final, "metrics.json")) as f:
                 final_metrics = json.load(f)

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import os
-import warnings
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -90,28 +87,8 @@ def hf_logits(model, ids, mask) -> np.ndarray:
     return hf_forward(model, ids, mask)[0]
 
 
-@contextlib.contextmanager
-def peft_warnings_are_errors():
-    """Every warning raised while PEFT loads is an error (transformers' own deprecation notices aside)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
-        yield
-
-
-def load_in_peft(torch_model, folder):
-    """``PeftModel.from_pretrained`` on a copy of ``torch_model``; no warnings, exactly our keys."""
-    from peft import PeftModel, get_peft_model_state_dict
-    from safetensors import safe_open
-
-    with peft_warnings_are_errors():
-        pm = PeftModel.from_pretrained(copy.deepcopy(torch_model), str(folder))
-    with safe_open(os.path.join(folder, "adapter_model.safetensors"), "numpy") as f:
-        saved = set(f.keys())
-    peft_keys = set(get_peft_model_state_dict(pm, save_embedding_layers=False))
-    assert saved == peft_keys, "saved keys differ from PeftModel's LoRA parameters"
-    return pm.eval()
+# PEFT loading in tests: any warning is an error and the key sets must match exactly.
+from llgbm_jax.reference import load_peft_strict as load_in_peft  # noqa: E402,F401  (used by the tests)
 
 
 @pytest.fixture(scope="session")
@@ -125,12 +102,12 @@ def smollm2():
 @pytest.fixture(scope="session")
 def smollm2_torch():
     """transformers' PyTorch model and tokenizer on the same GGUF file: the reference."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from llgbm_jax.models.base_model import embedded_gguf_path
+    from llgbm_jax.reference import torch_model
 
     path = embedded_gguf_path("smollm2-135m-instruct")
-    folder, name = os.path.dirname(path), os.path.basename(path)
-    tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path))
+    model = torch_model("smollm2-135m-instruct")
     return model, tok

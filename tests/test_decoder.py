@@ -12,7 +12,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
 from conftest import hf_forward, hf_generate, make_tiny_torch_model, max_diff_real, padded_batch
 
 from llgbm_jax.models import BaseModel, load_base_model

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from conftest import hf_forward, hf_generate, max_diff_real
 
 pytestmark = pytest.mark.slow

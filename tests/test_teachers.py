@@ -354,6 +354,18 @@ def test_build_zoo_manifest_and_no_retraining(tiny, small_data, tmp_path, monkey
     assert {k: v for k, v in after.items() if k != "manifest.json"} == {
         k: v for k, v in before.items() if k != "manifest.json"}
 
+    # experiments/verify_zoo.py: every adapter loads in PEFT (strictly) and matches our logits; a damaged
+    # adapter is reported, not skipped.
+    verify = runpy.run_path(os.path.join(ROOT, "experiments", "verify_zoo.py"))["verify_adapters"]
+    results = verify(zoo_dir, adapters, ours, tiny[0], tol=1e-4)
+    assert [r["path"] for r in results] == [a["path"] for a in adapters]
+    assert all(r["ok"] and r["max_abs_logit_diff"] <= 1e-4 for r in results), results
+    damaged = os.path.join(zoo_dir, adapters[0]["path"], "adapter_model.safetensors")
+    with open(damaged, "r+b") as f:
+        f.truncate(100)
+    bad = verify(zoo_dir, adapters[:1], ours, tiny[0], tol=1e-4)[0]
+    assert not bad["ok"] and "adapter_model.safetensors" in bad["error"]
+
 
 def test_train_teachers_help():
     out = subprocess.run([sys.executable, os.path.join(ROOT, "experiments", "train_teachers.py"), "--help"],
