@@ -10,13 +10,31 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
-def threads() -> int:
-    """Use every core for both frameworks (XLA's CPU backend does by default); pin torch to match."""
+def parse_args(ap, argv=None, repeats: int = 5):
+    """Add the options every benchmark shares (``--repeats``, ``--threads``, ``--out``) to ``ap`` and parse.
+    ``--threads N`` pins the process to N cores (XLA sizes its pool from the affinity mask, so this
+    must run before JAX starts computing) and torch to N threads; by default both use every core.
+    Returns ``(args, threads)``."""
     import torch
 
-    n = os.cpu_count() or 1
+    ap.add_argument("--repeats", type=int, default=repeats, help="timed calls per measurement (medians)")
+    ap.add_argument("--threads", type=int, default=None, help="pin to this many cores (default: all)")
+    ap.add_argument("--out", default=None, help="optional JSON file for the results")
+    args = ap.parse_args(argv)
+    if args.threads:
+        os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:args.threads])
+    n = args.threads or os.cpu_count() or 1
     torch.set_num_threads(n)
-    return n
+    return args, n
+
+
+def save_result(args, result: dict) -> dict:
+    """Write ``result`` to ``--out`` (atomically) when given; returns it."""
+    if args.out:
+        from llgbm_jax.io_utils import write_json_atomic
+
+        write_json_atomic(args.out, result)
+    return result
 
 
 def median_time(fn, repeats: int = 5, warmup: int = 2) -> float:

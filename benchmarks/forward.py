@@ -13,7 +13,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import load_smollm2_pair, median_time, threads  # noqa: E402
+from common import load_smollm2_pair, median_time, parse_args, save_result  # noqa: E402
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
@@ -28,12 +28,9 @@ def main(argv=None):
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--gen-batch", type=int, default=8)
     ap.add_argument("--new-tokens", type=int, default=64)
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--out", default=None, help="optional JSON file for the results")
-    args = ap.parse_args(argv)
-    n_threads = threads()
+    args, n_threads = parse_args(ap, argv, repeats=5)
     ours, ref = load_smollm2_pair()
-    print(f"threads: {n_threads} (torch.set_num_threads; XLA CPU uses all cores) | jax {jax.__version__} "
+    print(f"threads: {n_threads} (both frameworks) | jax {jax.__version__} "
           f"| torch {torch.__version__}")
 
     rng = np.random.RandomState(0)
@@ -78,11 +75,7 @@ def main(argv=None):
     result = dict(threads=n_threads, forward_ms_ours=t_ours * 1e3, forward_ms_ref=t_ref * 1e3,
                   forward_ratio=t_ref / t_ours, gen_tok_s_ours=new / g_ours, gen_tok_s_ref=new / g_ref,
                   gen_ratio=g_ref / g_ours)
-    if args.out:
-        from llgbm_jax.io_utils import write_json_atomic
-
-        write_json_atomic(args.out, result)
-    return result
+    return save_result(args, result)
 
 
 if __name__ == "__main__":

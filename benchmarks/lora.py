@@ -19,7 +19,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import interleaved_medians, load_smollm2_pair, threads  # noqa: E402
+from common import interleaved_medians, load_smollm2_pair, parse_args, save_result  # noqa: E402
 
 
 def main(argv=None):
@@ -27,12 +27,7 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--rank", type=int, default=8)
-    ap.add_argument("--repeats", type=int, default=7)
-    ap.add_argument("--threads", type=int, default=None, help="pin to this many cores (default: all)")
-    ap.add_argument("--out", default=None, help="optional JSON file for the results")
-    args = ap.parse_args(argv)
-    if args.threads:  # before jax starts its thread pool
-        os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:args.threads])
+    args, n_threads = parse_args(ap, argv, repeats=7)
     import jax
     import numpy as np
     import torch
@@ -41,10 +36,6 @@ def main(argv=None):
     from llgbm_jax.models import decoder
     from llgbm_jax.peft_io import save_peft_adapter
 
-    n_threads = threads()
-    if args.threads:
-        n_threads = args.threads
-        torch.set_num_threads(n_threads)
     ours, ref = load_smollm2_pair()
     cfg = LoRAConfig(args.rank, 2 * args.rank)
     print(f"threads: {n_threads} | jax {jax.__version__} | torch {torch.__version__} | batch {args.batch}x{args.seq} "
@@ -98,11 +89,7 @@ def main(argv=None):
           f"PEFT's LoRA costs {t['peft_lora'] / t['torch_base']:.3f}x its base forward)")
     result = dict(threads=n_threads, batch=args.batch, seq=args.seq, rank=args.rank,
                   times_ms={k: v * 1e3 for k, v in t.items()}, ratios=r, max_logit_diff_vs_peft=diff)
-    if args.out:
-        from llgbm_jax.io_utils import write_json_atomic
-
-        write_json_atomic(args.out, result)
-    return result
+    return save_result(args, result)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import interleaved_medians, load_smollm2_pair, threads  # noqa: E402
+from common import interleaved_medians, load_smollm2_pair, parse_args, save_result  # noqa: E402
 
 
 def main(argv=None):
@@ -26,12 +26,7 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq", type=int, default=160, help="tokens per row (ARC-e/OBQA SFT rows pad to 160)")
     ap.add_argument("--targets", type=int, default=4, help="supervised tokens per row ('[', label, ']', end of turn)")
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=None, help="pin to this many cores (default: all)")
-    ap.add_argument("--out", default=None, help="optional JSON file for the results")
-    args = ap.parse_args(argv)
-    if args.threads:  # before jax starts its thread pool
-        os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:args.threads])
+    args, n_threads = parse_args(ap, argv, repeats=5)
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -43,8 +38,6 @@ def main(argv=None):
     from llgbm_jax.peft_io import save_peft_adapter
     from llgbm_jax.teachers import train_step
 
-    n_threads = args.threads or threads()
-    torch.set_num_threads(n_threads)
     ours, ref = load_smollm2_pair()
     b, s, k = args.batch, args.seq, args.targets
     print(f"threads: {n_threads} | jax {jax.__version__} | torch {torch.__version__} | batch {b}x{s}, "
@@ -95,11 +88,7 @@ def main(argv=None):
     print(f"first-step loss: ours {first['ours']:.6f}, PEFT {first['peft']:.6f} (|diff| {abs(first['ours'] - first['peft']):.1e})")
     result = dict(threads=n_threads, batch=b, seq=s, targets=k, seconds_per_step=t, ours_over_peft_speed=ratio,
                   first_loss=first)
-    if args.out:
-        from llgbm_jax.io_utils import write_json_atomic
-
-        write_json_atomic(args.out, result)
-    return result
+    return save_result(args, result)
 
 
 if __name__ == "__main__":
