@@ -100,7 +100,8 @@ def _lora_term(per_row: bool, x, a, b, scales):
 
     The custom VJP forms the factor gradients as ``[r, ·]`` products, so XLA only transposes
     ``[tokens, r]`` operands; autodiff's ``[out, r]`` form made XLA:CPU transpose the whole
-    ``[tokens, out]`` cotangent, about a quarter of a training step."""
+    ``[tokens, out]`` cotangent, about a quarter of a training step. (A custom VJP means reverse mode
+    only: ``jax.jvp`` through a LoRA is not supported.)"""
     return _lora_term_fwd(per_row, x, a, b, scales)[0]
 
 
