@@ -395,3 +395,17 @@ def test_smollm2_teacher_adapter_loads_in_peft_with_our_logits(smollm2, smollm2_
     print(f"PEFT vs ours max |logit diff| {diff:.1e}; adapter vs base {moved:.2e}; losses {res.history['loss']}")
     assert diff <= SMOLLM2_TOL
     assert moved > 10 * SMOLLM2_TOL
+
+
+def test_teacher_pilot_help_and_cloze_records():
+    """experiments/teacher_pilot.py: --help works; the cloze form keeps the question, drops the option
+    lines and answers with the gold option's text."""
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "experiments", "teacher_pilot.py"), "--help"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "--format" in out.stdout, out.stderr
+    to_cloze = runpy.run_path(os.path.join(ROOT, "experiments", "teacher_pilot.py"))["to_cloze"]
+    task = get_task("arc_e")
+    record = {"prompt": "Which is a metal?\nA: wood\nB: iron\nC: glass\nD: water", "response": "[B]"}
+    cloze, options, gold = to_cloze(record, task)
+    assert cloze == {"prompt": "Which is a metal?", "response": "iron"}
+    assert options == ["wood", "iron", "glass", "water"] and gold == 1
