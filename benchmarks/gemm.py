@@ -4,7 +4,8 @@
 
 For each weight shape ``[out, in]`` (q/o, k/v, gate/up, down, output head) prints GFLOP/s of our
 ``x @ Wᵀ`` under `jax.jit`, of torch's ``F.linear`` (what transformers runs) and of torch's
-``x @ W`` with W stored ``[in, out]``, and the ratio ours / F.linear.
+``x @ W`` with W stored ``[in, out]``, and the ratio ours / F.linear; on the CPU backend also ours with
+oneDNN matmuls (`llgbm_jax.models.cpu_matmul`, opt-in) and its ratio.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ def main(argv=None):
     import numpy as np
     import torch
 
+    from llgbm_jax.models.cpu_matmul import compile_with_onednn
+
+    cpu = jax.default_backend() == "cpu"
     print(f"threads: {n_threads} | jax {jax.__version__} | torch {torch.__version__} | x [{args.tokens}, in] float32")
     matmul = jax.jit(lambda x, w: x @ w.T)
     rng = np.random.RandomState(0)
@@ -40,10 +44,14 @@ def main(argv=None):
         t = {"ours": median_time(lambda: matmul(xj, wj).block_until_ready(), args.repeats),
              "torch_linear": median_time(lambda: torch.nn.functional.linear(xt, wt), args.repeats),
              "torch_matmul": median_time(lambda: xt @ wt_in_out, args.repeats)}
+        if cpu:
+            matmul_1 = compile_with_onednn(lambda x, w: x @ w.T, xj, wj)
+            t["ours_onednn"] = median_time(lambda: matmul_1(xj, wj).block_until_ready(), args.repeats)
         rows[name] = {k: gflop / v for k, v in t.items()}
         r = rows[name]
         print(f"  {name:18s} [{out:5d}, {inp:4d}]: ours {r['ours']:5.0f} | F.linear {r['torch_linear']:5.0f} | "
-              f"x @ W {r['torch_matmul']:5.0f} GFLOP/s | ours / F.linear {r['ours'] / r['torch_linear']:.2f}x")
+              f"x @ W {r['torch_matmul']:5.0f} GFLOP/s | ours / F.linear {r['ours'] / r['torch_linear']:.2f}x"
+              + (f" | oneDNN {r['ours_onednn']:5.0f} GFLOP/s, {r['ours_onednn'] / r['torch_linear']:.2f}x" if cpu else ""))
     return save_result(args, {"threads": n_threads, "tokens": args.tokens, "gflops": rows})
 
 

@@ -6,6 +6,8 @@ float32, r=8 on all 7 projections, random non-zero B. Prints median times and th
   LoRA / no LoRA forward time              (target <= 1.2x)
   8 adapters one per row / 1 shared        (throughput, target >= 0.8x)
   ours / PEFT forward with the same adapter (speed, target >= 1.0x; torch pinned to the same threads)
+On the CPU backend it also times our forward compiled with oneDNN matmuls (`llgbm_jax.models.cpu_matmul`,
+opt-in) and prints that ratio too.
 Calls are timed round-robin (medians after warm-up). ``--threads N`` pins the whole process to N cores
 (XLA sizes its pool from the affinity mask) and torch to N threads: steadier numbers on a busy machine.
 """
@@ -34,6 +36,7 @@ def main(argv=None):
 
     from llgbm_jax.lora import LoRAConfig, init_lora, stack_loras
     from llgbm_jax.models import decoder
+    from llgbm_jax.models.cpu_matmul import compile_with_onednn
     from llgbm_jax.peft_io import save_peft_adapter
 
     ours, ref = load_smollm2_pair()
@@ -60,6 +63,14 @@ def main(argv=None):
         folder = save_peft_adapter(shared, os.path.join(tmp, "a"))
         peft_model = PeftModel.from_pretrained(copy.deepcopy(ref), folder).eval()
     diff = float(np.abs(torch_logits(peft_model).numpy() - np.asarray(ours.logits(ids, mask, shared))).max())
+    onednn = {}
+    if jax.default_backend() == "cpu":
+        logits = lambda p, i, m, l: decoder.logits(p, ours.config, i, m, l)
+        base_1, lora_1 = (compile_with_onednn(logits, ours.params, ids, mask, l) for l in (None, shared))
+        diff_onednn = float(np.abs(np.asarray(lora_1(ours.params, ids, mask, shared))
+                                   - np.asarray(ours.logits(ids, mask, shared))).max())
+        onednn = {"logits_base_onednn": lambda: base_1(ours.params, ids, mask, None).block_until_ready(),
+                  "logits_lora_onednn": lambda: lora_1(ours.params, ids, mask, shared).block_until_ready()}
     t = interleaved_medians({
         "logits_base": lambda: ours.logits(ids, mask).block_until_ready(),
         "logits_lora": lambda: ours.logits(ids, mask, shared).block_until_ready(),
@@ -68,6 +79,7 @@ def main(argv=None):
         "hidden_lora": lambda: hidden(ours.params, ids, mask, shared).block_until_ready(),
         "peft_lora": lambda: torch_logits(peft_model),
         "torch_base": lambda: torch_logits(ref),
+        **onednn,
     }, args.repeats)
 
     tokens = args.batch * args.seq
@@ -87,8 +99,16 @@ def main(argv=None):
           f"max |logit diff| {diff:.2e} (same adapter, same numbers)")
     print(f"  (for reference, without LoRA: ours / transformers {r['ours_over_torch_base_speed']:.3f}x; "
           f"PEFT's LoRA costs {t['peft_lora'] / t['torch_base']:.3f}x its base forward)")
+    if onednn:
+        r.update(ours_onednn_over_peft_speed=t["peft_lora"] / t["logits_lora_onednn"],
+                 ours_onednn_over_torch_base_speed=t["torch_base"] / t["logits_base_onednn"])
+        print(f"with oneDNN matmuls (opt-in): ours / PEFT {r['ours_onednn_over_peft_speed']:.3f}x, without LoRA "
+              f"ours / transformers {r['ours_onednn_over_torch_base_speed']:.3f}x; max |logit diff| to the default "
+              f"build {diff_onednn:.1e}")
     result = dict(threads=n_threads, batch=args.batch, seq=args.seq, rank=args.rank,
                   times_ms={k: v * 1e3 for k, v in t.items()}, ratios=r, max_logit_diff_vs_peft=diff)
+    if onednn:
+        result["max_logit_diff_onednn_vs_default"] = diff_onednn
     return save_result(args, result)
 
 

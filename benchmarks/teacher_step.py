@@ -35,6 +35,7 @@ def main(argv=None):
 
     from llgbm_jax import optim
     from llgbm_jax.lora import LoRAConfig, init_lora
+    from llgbm_jax.models.cpu_matmul import compile_with_onednn
     from llgbm_jax.peft_io import save_peft_adapter
     from llgbm_jax.teachers import train_step
 
@@ -51,13 +52,14 @@ def main(argv=None):
     lora0 = init_lora(jax.random.PRNGKey(0), ours.config, LoRAConfig(8, 16), random_b=True)
     tx, _ = optim.adamw(1e-4, 1, 1000)
 
-    def ours_step(remat):
+    def ours_step(remat, onednn=False):
         lora = jax.tree_util.tree_map(jnp.copy, lora0)  # train_step donates its inputs
         state = {"lora": lora, "opt": tx.init(lora)}
+        fn = lambda l, o, p, bt: train_step(l, o, p, ours.config, tx, bt, remat)
+        fn = compile_with_onednn(fn, lora, state["opt"], ours.params, batch) if onednn else fn
 
         def step():
-            state["lora"], state["opt"], m = train_step(state["lora"], state["opt"], ours.params, ours.config, tx,
-                                                        batch, remat)
+            state["lora"], state["opt"], m = fn(state["lora"], state["opt"], ours.params, batch)
             return float(m["loss"])
         return step
 
@@ -79,12 +81,15 @@ def main(argv=None):
         return float(loss)
 
     first = {"ours": ours_step(True)(), "peft": peft_step()}  # before any update: the same loss
-    t = interleaved_medians({"ours_remat": ours_step(True), "ours_no_remat": ours_step(False), "peft": peft_step},
-                            args.repeats, warmup=1)
+    steps = {"ours_remat": ours_step(True), "ours_no_remat": ours_step(False), "peft": peft_step}
+    if jax.default_backend() == "cpu":
+        steps["ours_remat_onednn"] = ours_step(True, onednn=True)
+    t = interleaved_medians(steps, args.repeats, warmup=1)
     for name, v in t.items():
         print(f"  {name:14s} {v:6.2f} s/step  ({b * s / v:6.0f} tok/s)")
     ratio = t["peft"] / t["ours_remat"]
-    print(f"speed ours / PEFT: {ratio:.2f}x as trained (remat), {t['peft'] / t['ours_no_remat']:.2f}x without remat")
+    print(f"speed ours / PEFT: {ratio:.2f}x as trained (remat), {t['peft'] / t['ours_no_remat']:.2f}x without remat"
+          + (f", {t['peft'] / t['ours_remat_onednn']:.2f}x with oneDNN matmuls (opt-in)" if "ours_remat_onednn" in t else ""))
     print(f"first-step loss: ours {first['ours']:.6f}, PEFT {first['peft']:.6f} (|diff| {abs(first['ours'] - first['peft']):.1e})")
     result = dict(threads=n_threads, batch=b, seq=s, targets=k, seconds_per_step=t, ours_over_peft_speed=ratio,
                   first_loss=first)

@@ -1,39 +1,25 @@
 """One teacher run on a multiple-choice task, scored at several checkpoints: the pilot behind the
 README's teacher findings.
 
-    python experiments/teacher_pilot.py --task arc_e --format letters --steps 100 --lr 1e-3 --save-every 30
-    python experiments/teacher_pilot.py --task arc_e --format cloze --steps 80 --lr 5e-4 --save-every 40 --eval test --n-eval 400
+    python experiments/teacher_pilot.py --task arc_e --steps 100 --lr 1e-3 --save-every 30
+    python experiments/teacher_pilot.py --task arc_e_cloze --steps 80 --lr 5e-4 --save-every 40 --eval test --n-eval 400
 
-``letters``: the data as it is (options listed in the prompt, response ``[B]``; options scored as
-``[A]``..``[D]``). ``cloze``: the question alone, the response is the gold answer's text, and the
-options are scored as texts. ``--eval val`` scores 300 train questions held out of training (for
-tuning); ``--eval test`` the first ``--n-eval`` test questions. Prints base and checkpoint accuracy
-with the paired gain.
+``arc_e``/``obqa``: letter answers (options listed in the prompt, response ``[B]``, options scored as
+``[A]``..``[D]``). ``arc_e_cloze``/``obqa_cloze``: the question alone, the response is the gold answer's
+text and the options are scored as texts. ``--eval val`` scores 300 train questions held out of
+training (for tuning); ``--eval test`` the first ``--n-eval`` test questions. Prints base and
+checkpoint accuracy with the paired gain.
 """
 
 from __future__ import annotations
 
 import argparse
-import re
 import tempfile
-
-_OPTION = re.compile(r"^([A-E1-5]): (.*)$")
-
-
-def to_cloze(record: dict, task) -> tuple[dict, list[str], int]:
-    """(record with the question alone and the gold text as response, option texts, gold index)."""
-    lines = record["prompt"].split("\n")
-    choices = [m.groups() for m in map(_OPTION.match, lines) if m]
-    labels = [k for k, _ in choices]
-    gold = labels.index(task.answer(record).strip("[]"))
-    question = "\n".join(line for line in lines if not _OPTION.match(line))
-    return {"prompt": question, "response": choices[gold][1]}, [t for _, t in choices], gold
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--task", default="arc_e", choices=["arc_e", "obqa"])
-    ap.add_argument("--format", default="letters", choices=["letters", "cloze"])
+    ap.add_argument("--task", default="arc_e", choices=["arc_e", "obqa", "arc_e_cloze", "obqa_cloze"])
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--save-every", type=int, default=30, help="checkpoints scored: steps, steps - k, steps - 2k")
@@ -57,22 +43,16 @@ def main(argv=None):
         scored, train = [train[i] for i in order[:300]], [train[i] for i in order[300:]]
     else:
         scored = task.load("eval", args.data_dir)[:args.n_eval]
-    if args.format == "cloze":
-        train = [to_cloze(r, task)[0] for r in train]
-        scored = [to_cloze(r, task) for r in scored]
-        prompts = [base_model.chat_prompt(r["prompt"]) for r, _, _ in scored]
-        options, golds = [o for _, o, _ in scored], [g for _, _, g in scored]
-    else:
-        prompts = [task.format_prompt(r, base_model) for r in scored]
-        options = [list(task.options(r)) for r in scored]
-        golds = [o.index(task.answer(r)) for o, r in zip(options, scored)]
+    prompts = [task.format_prompt(r, base_model) for r in scored]
+    options = [list(task.options(r)) for r in scored]
+    golds = [o.index(task.answer(r)) for o, r in zip(options, scored)]
 
     def hits(lora):
         scores, _ = score_options(base_model, prompts, options, lora, show_progress=False)
         return [int(np.argmax(s)) == g for s, g in zip(scores, golds)]
 
     base = hits(None)
-    print(f"{args.task} {args.format}, {args.eval} n={len(golds)}: base {np.mean(base):.3f}", flush=True)
+    print(f"{args.task}, {args.eval} n={len(golds)}: base {np.mean(base):.3f}", flush=True)
     warmup = 8
     saves = min(3, len(range(args.steps, warmup, -args.save_every)))
     cfg = TeacherConfig(steps=args.steps, warmup_steps=warmup, save_every=args.save_every, adapters_per_run=saves,

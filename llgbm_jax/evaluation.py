@@ -232,7 +232,7 @@ def compute_accuracy_with_lora(lora: LoRA | None, base_model, eval_samples: Sequ
 
     ``task`` is a `Task`, a registered task name, or a task type. Returns a JSON-ready dict with
     ``accuracy``, ``correct``, ``total``, ``parse_failures``, ``ci95`` (Wilson), ``seconds``,
-    ``questions_per_s``; for mcq/bool also ``accuracy_norm``, ``correct_norm``, ``ci95_norm`` and
+    ``questions_per_s``; for mcq, cloze and bool also ``accuracy_norm``, ``correct_norm``, ``ci95_norm`` and
     ``boundary_merges``. ``return_details=True`` adds per-question ``details`` (prediction, gold, and
     the option scores or the generated text).
     """

@@ -1,10 +1,14 @@
 """Tasks: where the data lives, the train/eval splits, prompt formatting, answer options and parsing.
 
 Every data file is a JSON list of ``{"prompt", "response", "system"?}`` records (see the data README).
-Three task types:
+Four task types:
 
 - ``mcq``: the response is ``[label]``; the options are the labels written in the prompt on lines
   ``"A: ..."`` (A–E and 1–4 both occur), each scored as the answer string ``"[A]"``.
+- ``cloze``: the same questions without the option lines; the response is the gold answer's text and
+  the options (a record field ``"options"``) are scored as texts. `Task.load` converts ``mcq`` files.
+  A 135M model knows many answers it cannot bind to a letter: its letter-format teachers learn only
+  the label prior, its cloze teachers gain real accuracy (README, "Teachers").
 - ``bool``: the response is ``[True]`` or ``[False]``.
 - ``gsm8k``: the response is a worked solution ending in ``#### <number>``.
 
@@ -22,7 +26,7 @@ import os
 import re
 from typing import Any, Sequence
 
-TASK_TYPES = ("mcq", "bool", "gsm8k")
+TASK_TYPES = ("mcq", "cloze", "bool", "gsm8k")
 SPLITS = ("train", "eval")
 BOOL_OPTIONS = ("[True]", "[False]")
 DATA_ENV = "LLGBM_DATA_DIR"
@@ -56,12 +60,30 @@ def load_records(path: str) -> list[Record]:
 
 # --- answers: options, gold labels, parsing ---------------------------------------------------------
 
-_OPTION_LINE = re.compile(r"^\s*([A-Z]|[1-9])\s*:\s", re.M)
+_OPTION_LINE = re.compile(r"^\s*([A-Z]|[1-9])\s*:\s(.*)$", re.M)
+_INSTRUCTION_LINE = re.compile(r"^\s*please answer the question", re.I)
+
+
+def mcq_choices(prompt: str) -> tuple[tuple[str, str], ...]:
+    """The ``(label, text)`` option lines written in a prompt, in order (``"A: ..."``, ``"1: ..."``)."""
+    return tuple((m.group(1), m.group(2).strip()) for m in _OPTION_LINE.finditer(prompt))
 
 
 def mcq_labels(prompt: str) -> tuple[str, ...]:
-    """The option labels written in a prompt, in order (lines ``"A: ..."``, ``"1: ..."``)."""
-    return tuple(m.group(1) for m in _OPTION_LINE.finditer(prompt))
+    """The option labels written in a prompt, in order."""
+    return tuple(label for label, _ in mcq_choices(prompt))
+
+
+def mcq_to_cloze(record: Record) -> Record:
+    """A ``mcq`` record in ``cloze`` form: the question without its option and instruction lines, the
+    gold option's text as the response, the option texts as ``"options"``; no system message (the
+    letter-answer instruction no longer applies, so the chat template's own is used)."""
+    choices = mcq_choices(record["prompt"])
+    labels, texts = [label for label, _ in choices], [text for _, text in choices]
+    gold = gold_answer(record, "mcq")[1:-1]
+    question = "\n".join(line for line in record["prompt"].split("\n")
+                         if not _OPTION_LINE.match(line) and not _INSTRUCTION_LINE.match(line)).strip()
+    return {"prompt": question, "response": texts[labels.index(gold)], "options": texts}
 
 
 def _bracketed(response: str) -> str:
@@ -72,9 +94,16 @@ def _bracketed(response: str) -> str:
 
 
 def answer_options(record: Record, task_type: str) -> tuple[str, ...]:
-    """The answer strings scored for this record (``("[A]", "[B]", ...)`` or ``("[True]", "[False]")``)."""
+    """The answer strings scored for this record: ``("[A]", "[B]", ...)``, ``("[True]", "[False]")``, or
+    the option texts of a cloze record."""
     if task_type == "bool":
         return BOOL_OPTIONS
+    if task_type == "cloze":
+        options = record.get("options")
+        if not isinstance(options, list) or len(options) < 2 or not all(isinstance(o, str) and o for o in options):
+            raise ValueError(f"cloze record needs 'options', a list of at least two answer texts, got "
+                             f"{options!r:.200} for prompt {record['prompt']!r:.100}")
+        return tuple(options)
     if task_type == "mcq":
         labels = mcq_labels(record["prompt"])
         if len(labels) < 2:
@@ -85,13 +114,19 @@ def answer_options(record: Record, task_type: str) -> tuple[str, ...]:
 
 
 def gold_answer(record: Record, task_type: str):
-    """The reference answer: the option string (``"[B]"``, ``"[True]"``) or, for gsm8k, a float."""
+    """The reference answer: the option string (``"[B]"``, ``"[True]"``, a cloze answer text) or, for
+    gsm8k, a float."""
     if task_type == "gsm8k":
         value = extract_gsm8k_answer(record["response"])
         if value is None:
             raise ValueError(f"gsm8k response has no final number: {record['response']!r:.200}")
         return value
     check_task_type(task_type)
+    if task_type == "cloze":
+        if record["response"] not in answer_options(record, task_type):
+            raise ValueError(f"cloze response {record['response']!r:.80} is not among the record's options "
+                             f"{record['options']!r:.200}")
+        return record["response"]
     label = _bracketed(record["response"])
     if task_type == "bool":
         gold = extract_bool_answer(record["response"])
@@ -161,6 +196,22 @@ def extract_gsm8k_answer(text: str) -> float | None:
     return _to_float(numbers[-1]) if numbers else None
 
 
+def _normalise(text: str) -> str:
+    return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
+
+
+def extract_cloze_answer(text: str, options: Sequence[str]) -> str | None:
+    """The option a generated answer gives: the longest option the text starts with (case and
+    punctuation ignored), else the one option the text contains; ``None`` otherwise."""
+    said = _normalise(text)
+    norm = {o: _normalise(o) for o in options}
+    starts = [o for o, n in norm.items() if n and (said == n or said.startswith(n + " "))]
+    if starts:
+        return max(starts, key=lambda o: len(norm[o]))
+    inside = [o for o, n in norm.items() if n and re.search(rf"\b{re.escape(n)}\b", said)]
+    return inside[0] if len(inside) == 1 else None
+
+
 def numbers_equal(a: float | None, b: float | None) -> bool:
     return a is not None and b is not None and math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9)
 
@@ -173,6 +224,8 @@ def parse_answer(text: str, record: Record, task_type: str):
         return extract_bool_answer(text)
     if task_type == "mcq":
         return extract_mcq_answer(text, [o[1:-1] for o in answer_options(record, task_type)])
+    if task_type == "cloze":
+        return extract_cloze_answer(text, answer_options(record, task_type))
     check_task_type(task_type)
 
 
@@ -190,6 +243,8 @@ def check_task_type(task_type: str) -> str:
 def infer_task_type(records: Sequence[Record], name: str = "") -> str:
     """Guess the task type of a data file from its responses."""
     responses = [r["response"] for r in records]
+    if responses and all(isinstance(r.get("options"), list) for r in records):
+        return "cloze"
     if responses and all(r.strip() in BOOL_OPTIONS for r in responses):
         return "bool"
     if responses and all(re.fullmatch(r"\s*\[[^\]]+\]\s*", r) for r in responses) and all(
@@ -198,17 +253,17 @@ def infer_task_type(records: Sequence[Record], name: str = "") -> str:
     if responses and all(re.search(r"####\s*\S", r) for r in responses):
         return "gsm8k"
     raise ValueError(f"cannot infer the task type of {name or 'these records'}: responses are neither "
-                     f"all [True]/[False], all [label] with option lines, nor all '#### <number>'")
+                     f"all [True]/[False], all [label] with option lines, all with 'options', nor all '#### <number>'")
 
 
 # --- tasks --------------------------------------------------------------------------------------------
 
-def _content_key(prompt: str) -> tuple[str, frozenset]:
-    """A prompt's question and its set of option texts, without the labels (so shuffled options
+def _content_key(record: Record) -> tuple[str, frozenset]:
+    """A record's question and its set of option texts, without the labels (so shuffled options
     match) and without the instruction lines that differ between files. Used to keep evaluation
     questions out of training data."""
-    question, options = [], set()
-    for line in prompt.split("\n"):
+    question, options = [], {o.strip().rstrip(".").lower() for o in record.get("options", ())}
+    for line in record["prompt"].split("\n"):
         line = line.strip().rstrip(".").lower()
         if not line or line in ("[true]", "[false]") or line.startswith("please answer the question"):
             continue
@@ -259,7 +314,17 @@ class Task:
         return self.eval_file if (split == "eval" and self.eval_file) else self.train_file
 
     def load(self, split: str, data_dir: str | None = None) -> list[Record]:
-        """The records of ``split`` (``"train"`` or ``"eval"``), read from the data directory."""
+        """The records of ``split`` (``"train"`` or ``"eval"``), read from the data directory; a cloze
+        task reads ``mcq`` files in cloze form (`mcq_to_cloze`)."""
+        records = self._read(split, data_dir)
+        if split == "train" and self.eval_file is not None:
+            held_out = {_content_key(r) for r in self._read("eval", data_dir)}
+            records = [r for r in records if _content_key(r) not in held_out]
+        if self.task_type == "cloze":
+            records = [r if "options" in r else mcq_to_cloze(r) for r in records]
+        return records
+
+    def _read(self, split: str, data_dir: str | None) -> list[Record]:
         path = os.path.join(get_data_dir(data_dir), self.split_file(split))
         records = load_records(path)
         rng = self.train_range if split == "train" else self.eval_range
@@ -267,9 +332,6 @@ class Task:
             if rng[1] > len(records):
                 raise ValueError(f"{path} has {len(records)} records; task {self.name!r} needs {split} range {rng}")
             records = records[rng[0]:rng[1]]
-        if split == "train" and self.eval_file is not None:
-            held_out = {_content_key(r["prompt"]) for r in self.load("eval", data_dir)}
-            records = [r for r in records if _content_key(r["prompt"]) not in held_out]
         return records
 
     # Per-record behaviour
@@ -309,6 +371,8 @@ def register_task(task: Task, overwrite: bool = False) -> Task:
 register_task(Task("arc_e", "mcq", "ARC-e_train.json", "ARC-e_test.json"))
 register_task(Task("boolq", "bool", "BoolQ_train.json", "BoolQ_test.json"))
 register_task(Task("obqa", "mcq", "OBQA_train.json", "OBQA_test.json"))
+register_task(Task("arc_e_cloze", "cloze", "ARC-e_train.json", "ARC-e_test.json"))
+register_task(Task("obqa_cloze", "cloze", "OBQA_train.json", "OBQA_test.json"))
 register_task(Task("gsm8k", "gsm8k", "GSM8K.json", None, train_range=(0, 1000), eval_range=(1000, 1319)))
 
 

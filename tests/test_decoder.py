@@ -170,3 +170,16 @@ def test_generate_stops_per_row_at_eos(tiny_model, ours):
                 assert (row[k + 1:] != pad).any()
         else:
             np.testing.assert_array_equal(got[i], row)
+
+
+def test_onednn_matmuls_match_transformers(tiny_model, ours):
+    """The opt-in oneDNN build of the forward (`models.cpu_matmul`) meets the same tolerance."""
+    from llgbm_jax.models.cpu_matmul import compile_with_onednn
+
+    family, model, _ = tiny_model
+    ids, mask = padded_batch(np.random.RandomState(1), LENGTHS, WIDTH, ours.config.vocab_size, "left")
+    fn = lambda p, i, m: decoder.logits(p, ours.config, i, m)
+    got = np.asarray(compile_with_onednn(fn, ours.params, ids, mask)(ours.params, ids, mask))
+    diff = max_diff_real(got, hf_forward(model, ids, mask)[0], mask)
+    print(f"{family} oneDNN logits max |diff| = {diff:.2e}")
+    assert diff <= TOL

@@ -12,7 +12,7 @@ from conftest import DATA_DIR
 from llgbm_jax import tasks
 from llgbm_jax.tasks import extract_bool_answer, extract_gsm8k_answer, extract_mcq_answer, get_task
 
-REGISTERED = ("arc_e", "boolq", "obqa", "gsm8k")
+REGISTERED = ("arc_e", "boolq", "obqa", "gsm8k", "arc_e_cloze", "obqa_cloze")
 
 
 def _raw(name):
@@ -22,7 +22,7 @@ def _raw(name):
 
 def test_registry_types_and_files():
     assert {n: get_task(n).task_type for n in REGISTERED} == {
-        "arc_e": "mcq", "boolq": "bool", "obqa": "mcq", "gsm8k": "gsm8k"}
+        "arc_e": "mcq", "boolq": "bool", "obqa": "mcq", "gsm8k": "gsm8k", "arc_e_cloze": "cloze", "obqa_cloze": "cloze"}
     assert tasks.resolve_task("mcq").task_type == "mcq"
     with pytest.raises(ValueError, match="neither a task type"):
         tasks.resolve_task("nonsense")
@@ -51,7 +51,7 @@ def test_gsm8k_split_ranges_disjoint():
         tasks.Task("x", "gsm8k", "GSM8K.json", None, train_range=(0, 1000), eval_range=(999, 1319))
 
 
-@pytest.mark.parametrize("name", ["arc_e", "boolq", "obqa"])
+@pytest.mark.parametrize("name", ["arc_e", "boolq", "obqa", "obqa_cloze"])
 def test_test_files_never_used_as_train(name):
     task = get_task(name)
     assert "test" not in task.split_file("train").lower() and "test" in task.split_file("eval").lower()
@@ -59,10 +59,12 @@ def test_test_files_never_used_as_train(name):
     raw_train = _raw(task.train_file)
     # Training records are the train file minus any question that also appears in the test file
     # (the public splits share a few: ARC-e 3, OBQA 2 with shuffled options); never a test record.
+    if task.task_type == "cloze":
+        raw_train = [tasks.mcq_to_cloze(r) for r in raw_train]
     assert all(r in raw_train for r in train) and len(raw_train) - len(train) <= 10
-    keys = {tasks._content_key(r["prompt"]) for r in ev}
-    assert not [r for r in train if tasks._content_key(r["prompt"]) in keys]
-    assert ev == _raw(task.eval_file)
+    keys = {tasks._content_key(r) for r in ev}
+    assert not [r for r in train if tasks._content_key(r) in keys]
+    assert len(ev) == len(_raw(task.eval_file))
 
 
 @pytest.mark.parametrize("name", REGISTERED)
@@ -89,6 +91,36 @@ def test_arc_option_labels_as_written():
         tasks.gold_answer({"prompt": "Q?\nA: x\nB: y", "response": "[C]"}, "mcq")
 
 
+@pytest.mark.parametrize("name", ["arc_e", "obqa"])
+def test_cloze_form_of_mcq_records(name):
+    """Same questions and answers as the letter form; only the option lines and the instruction go."""
+    letters, cloze = get_task(name).load("eval", DATA_DIR), get_task(f"{name}_cloze").load("eval", DATA_DIR)
+    assert len(letters) == len(cloze)
+    for mcq, c in zip(letters, cloze):
+        choices = dict(tasks.mcq_choices(mcq["prompt"]))
+        assert c["options"] == list(choices.values()) and c["response"] == choices[mcq["response"].strip()[1:-1]]
+        assert not tasks.mcq_labels(c["prompt"]) and "please answer" not in c["prompt"].lower()
+        assert c["prompt"] in mcq["prompt"] and "system" not in c
+    with pytest.raises(ValueError, match="cloze record needs 'options'"):
+        tasks.answer_options({"prompt": "Q?", "response": "x", "options": ["x"]}, "cloze")
+    with pytest.raises(ValueError, match="not among the record's options"):
+        tasks.gold_answer({"prompt": "Q?", "response": "z", "options": ["x", "y"]}, "cloze")
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("the Moon", "the Moon"),
+    ("The moon.", "the Moon"),
+    ("the Moon orbits the Earth", "the Moon"),  # starts with an option
+    ("the moons", None),  # an option's words must end where a word ends
+    ("It is the Sun, of course.", "the Sun"),  # contains exactly one option
+    ("the Sun or the Moon", "the Sun"),
+    ("Mars", None),
+    ("", None),
+])
+def test_extract_cloze_answer(text, expected):
+    assert tasks.extract_cloze_answer(text, ["the Moon", "the Sun", "the Moon and the Sun"]) == expected
+
+
 def test_majority_baseline():
     label, frac = get_task("boolq").majority_baseline(get_task("boolq").load("eval", DATA_DIR))
     assert label == "[True]" and frac == pytest.approx(2033 / 3270)
@@ -102,6 +134,7 @@ def test_further_file_pair_inferred(tmp_path):
     assert task.task_type == "mcq" and task.options(task.load("eval", str(tmp_path))[0]) == ("[1]", "[2]")
     assert tasks.infer_task_type(_raw("BoolQ_test.json")) == "bool"
     assert tasks.infer_task_type(_raw("GSM8K.json")) == "gsm8k"
+    assert tasks.infer_task_type([tasks.mcq_to_cloze(r) for r in _raw("OBQA_test.json")]) == "cloze"
 
 
 # --- parsers --------------------------------------------------------------------------------------------

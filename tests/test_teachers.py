@@ -61,10 +61,12 @@ def arc_e():
 
 @pytest.fixture(scope="module")
 def mixed_batch(tiny, arc_e):
-    """Three ARC-e examples (with system prompts) and one GSM8K example (long response, no system)."""
+    """Three ARC-e examples (with system prompts), one GSM8K example (long response, no system) and
+    one cloze ARC-e example (the answer text as response, no system)."""
     _, ours = tiny
-    gsm = get_task("gsm8k")
-    items = [(arc_e[0], r) for r in arc_e[1][:3]] + [(gsm, gsm.load("train", DATA_DIR)[0])]
+    gsm, cloze = get_task("gsm8k"), get_task("arc_e_cloze")
+    items = [(arc_e[0], r) for r in arc_e[1][:3]] + [(gsm, gsm.load("train", DATA_DIR)[0]),
+                                                      (cloze, cloze.load("train", DATA_DIR)[0])]
     examples = [teachers.encode_sft(ours, task, r, 512) for task, r in items]
     return items, examples, teachers.collate(examples, ours.pad_token_id)
 
@@ -397,15 +399,7 @@ def test_smollm2_teacher_adapter_loads_in_peft_with_our_logits(smollm2, smollm2_
     assert moved > 10 * SMOLLM2_TOL
 
 
-def test_teacher_pilot_help_and_cloze_records():
-    """experiments/teacher_pilot.py: --help works; the cloze form keeps the question, drops the option
-    lines and answers with the gold option's text."""
+def test_teacher_pilot_help():
     out = subprocess.run([sys.executable, os.path.join(ROOT, "experiments", "teacher_pilot.py"), "--help"],
                          capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0 and "--format" in out.stdout, out.stderr
-    to_cloze = runpy.run_path(os.path.join(ROOT, "experiments", "teacher_pilot.py"))["to_cloze"]
-    task = get_task("arc_e")
-    record = {"prompt": "Which is a metal?\nA: wood\nB: iron\nC: glass\nD: water", "response": "[B]"}
-    cloze, options, gold = to_cloze(record, task)
-    assert cloze == {"prompt": "Which is a metal?", "response": "iron"}
-    assert options == ["wood", "iron", "glass", "water"] and gold == 1
+    assert out.returncode == 0 and "arc_e_cloze" in out.stdout, out.stderr
