@@ -66,6 +66,33 @@ def test_llama_variants_match_transformers(variant, tmp_path):
 
 
 @pytest.mark.parametrize("side", ["left", "right"])
+def test_long_padded_batch_matches_transformers(tiny_model, ours, side):
+    """Sequences longer than `decoder.QUERY_CHUNK` (attention in query chunks, the last one partial)."""
+    family, model, _ = tiny_model
+    lengths = [150, 97, 3]
+    ids, mask = padded_batch(np.random.RandomState(2), lengths, 150, ours.config.vocab_size, side)
+    diff = max_diff_real(np.asarray(ours.logits(ids, mask)), hf_forward(model, ids, mask)[0], mask)
+    print(f"{family} {side}-padded 150-token logits max |diff| = {diff:.2e}")
+    assert diff <= TOL
+
+
+def test_query_chunks_equal_one_softmax():
+    """`_attend` in query chunks equals one softmax over all keys, with a cache block before the new
+    tokens' causal block (as when a prompt continues from a KV cache)."""
+    rng = np.random.RandomState(0)
+    b, s, t, h, kv, d = 2, 37, 9, 6, 2, 8
+    q = jnp.asarray(rng.randn(b, s, h, d), jnp.float32)
+    cache = tuple(jnp.asarray(rng.randn(b, kv, t, d), jnp.float32) for _ in range(2))
+    new = tuple(jnp.asarray(rng.randn(b, kv, s, d), jnp.float32) for _ in range(2))
+    cache_allowed = jnp.asarray(np.broadcast_to(rng.rand(b, 1, t) > 0.3, (b, s, t)))
+    causal = jnp.asarray(np.tril(np.ones((s, s), bool))[None] & (rng.rand(b, 1, s) > 0.2))
+    blocks = [(*cache, cache_allowed), (*new, causal)]
+    whole = np.asarray(decoder._attend(q, blocks, query_chunk=s))
+    for chunk in (1, 8, 16, 36):
+        np.testing.assert_allclose(np.asarray(decoder._attend(q, blocks, query_chunk=chunk)), whole, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
 def test_padding_invariance(ours, side):
     """A sequence's logits alone equal its logits inside a padded batch of other sequences."""
     ids, mask = padded_batch(np.random.RandomState(4), LENGTHS, WIDTH, ours.config.vocab_size, side)
@@ -100,20 +127,23 @@ def test_hidden_states_match_transformers(tiny_model, ours):
     assert max_diff_real(got, ref, mask) <= TOL
 
 
-def test_remat_identical(ours):
-    """remat=True: the same forward output bit for bit, and the same gradients up to fusion order."""
+@pytest.mark.parametrize("remat", [True, "dots"])
+def test_remat_identical(ours, remat):
+    """remat: the same forward output bit for bit, and the same gradients up to fusion order."""
     ids, mask = padded_batch(np.random.RandomState(7), LENGTHS, WIDTH, ours.config.vocab_size, "left")
     ids, mask = jnp.asarray(ids), jnp.asarray(mask)
     fwd = jax.jit(lambda p, remat: decoder.forward(p, ours.config, ids, mask, remat=remat)[0], static_argnums=1)
-    np.testing.assert_array_equal(np.asarray(fwd(ours.params, True)), np.asarray(fwd(ours.params, False)))
+    np.testing.assert_array_equal(np.asarray(fwd(ours.params, remat)), np.asarray(fwd(ours.params, False)))
 
     def loss(params, remat):
         logits = decoder.lm_head(params, ours.config, fwd(params, remat))
         return jnp.sum(logits ** 2 * mask[..., None])
 
-    g0, g1 = (jax.jit(jax.grad(loss), static_argnums=1)(ours.params, r) for r in (False, True))
+    g0, g1 = (jax.jit(jax.grad(loss), static_argnums=1)(ours.params, r) for r in (False, remat))
     for a, b in zip(jax.tree_util.tree_leaves(g1), jax.tree_util.tree_leaves(g0)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4 * np.abs(b).max())
+    with pytest.raises(ValueError, match="remat must be"):
+        decoder.remat_policy("some")
 
 
 # --- greedy generation ------------------------------------------------------------------------------

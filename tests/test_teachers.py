@@ -184,9 +184,9 @@ def test_chunks_and_save_steps():
     assert SHORT.save_steps() == [4, 6]
     cpu = teachers.PRESETS["cpu"]
     assert cpu.teacher_for("gsm8k").save_steps() == list(range(22, 65, 6))
-    assert cpu.teacher_for("arc_e").save_steps() == list(range(26, 97, 10))
+    assert cpu.teacher_for("arc_e_cloze").save_steps() == list(range(26, 97, 10))
     assert cpu.teacher_for("boolq").save_steps() == list(range(44, 129, 12))
-    assert cpu.teacher_for("gsm8k").batch_size == 4 and cpu.teacher_for("arc_e").batch_size == 8
+    assert cpu.teacher_for("gsm8k").batch_size == 4 and cpu.teacher_for("arc_e_cloze").batch_size == 8
     # The minimum: at least 4 tasks x 8 adapters.
     assert len(cpu.tasks) >= 4 and all(len(cpu.teacher_for(t).save_steps()) * cpu.runs_per_task >= 8 for t in cpu.tasks)
     with pytest.raises(ValueError, match="do not fit"):
