@@ -8,7 +8,7 @@ Four task types:
 - ``cloze``: the same questions without the option lines; the response is the gold answer's text and
   the options (a record field ``"options"``) are scored as texts. `Task.load` converts ``mcq`` files.
   A 135M model knows many answers it cannot bind to a letter: its letter-format teachers learn only
-  the label prior, its cloze teachers gain real accuracy (README, "Teachers").
+  the label prior, its cloze teachers gain real accuracy (README, "Teacher zoo").
 - ``bool``: the response is ``[True]`` or ``[False]``.
 - ``gsm8k``: the response is a worked solution ending in ``#### <number>``.
 
