@@ -59,12 +59,13 @@ def test_test_files_never_used_as_train(name):
     raw_train = _raw(task.train_file)
     # Training records are the train file minus any question that also appears in the test file
     # (the public splits share a few: ARC-e 3, OBQA 2 with shuffled options); never a test record.
+    raw_eval = _raw(task.eval_file)
     if task.task_type == "cloze":
-        raw_train = [tasks.mcq_to_cloze(r) for r in raw_train]
+        raw_train, raw_eval = ([tasks.mcq_to_cloze(r) for r in rs] for rs in (raw_train, raw_eval))
     assert all(r in raw_train for r in train) and len(raw_train) - len(train) <= 10
     keys = {tasks._content_key(r) for r in ev}
     assert not [r for r in train if tasks._content_key(r) in keys]
-    assert len(ev) == len(_raw(task.eval_file))
+    assert ev == raw_eval
 
 
 @pytest.mark.parametrize("name", REGISTERED)
