@@ -265,7 +265,7 @@ def _content_key(record: Record) -> tuple[str, frozenset]:
     question, options = [], {o.strip().rstrip(".").lower() for o in record.get("options", ())}
     for line in record["prompt"].split("\n"):
         line = line.strip().rstrip(".").lower()
-        if not line or line in ("[true]", "[false]") or line.startswith("please answer the question"):
+        if not line or line in ("[true]", "[false]") or _INSTRUCTION_LINE.match(line):
             continue
         m = re.match(r"([a-z]|[1-9])\s*:\s(.*)", line)  # an option line (lower-cased)
         if m:

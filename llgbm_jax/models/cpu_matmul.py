@@ -16,7 +16,6 @@ from __future__ import annotations
 
 ONEDNN_OPTIONS = {"xla_cpu_use_onednn": True,
                   "xla_cpu_experimental_onednn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
-ONEDNN_XLA_FLAGS = " ".join(f"--{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in ONEDNN_OPTIONS.items())
 
 
 def compile_with_onednn(fn, *args):
