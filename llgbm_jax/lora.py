@@ -268,3 +268,52 @@ def load_lora(path: str) -> LoRA:
         raise ValueError(f"{path}: tensors {sorted(tensors)} do not match the config's modules {sorted(want)}")
     return LoRA(A={m: jnp.asarray(tensors[f"A.{m}"]) for m in config.target_modules},
                 B={m: jnp.asarray(tensors[f"B.{m}"]) for m in config.target_modules}, config=config)
+
+
+# --- scaling folded into B: adapters of any ranks and alphas in one batch --------------------------------
+
+def fold_scaling(lora: LoRA, rank: int | None = None) -> LoRA:
+    """The same ΔW with every slot's scaling multiplied into B and the rank axis zero-padded to ``rank``
+    (default: the adapter's own): a uniform config with scaling 1 (``alpha = rank``), so adapters of
+    different ranks, alphas and rsLoRA settings can be stacked into one batch."""
+    rank = rank or lora.config.max_rank
+    if rank < lora.config.max_rank:
+        raise ValueError(f"fold_scaling: rank {rank} is below the adapter's rank {lora.config.max_rank}")
+    pad = rank - lora.config.max_rank
+    A, B = {}, {}
+    for m in lora.modules:
+        s = jnp.asarray(lora.scales(m), lora.B[m].dtype)  # [L, r]
+        a, b = lora.A[m], lora.B[m] * s[:, None, :]
+        widths = [(0, 0)] * a.ndim
+        A[m] = jnp.pad(a, widths[:-2] + [(0, pad), (0, 0)])
+        B[m] = jnp.pad(b, widths[:-1] + [(0, pad)])
+    return LoRA(A=A, B=B, config=LoRAConfig(rank=rank, alpha=float(rank), target_modules=lora.modules))
+
+
+def mean_lora(loras: list[LoRA]) -> LoRA:
+    """The mean of the adapters' ΔW as one adapter, exactly: factors concatenated along the rank axis
+    (rank = sum of the ranks), each B scaled by its own scaling / N. Modules missing from an adapter
+    count as zero updates."""
+    if not loras:
+        raise ValueError("mean_lora needs at least one adapter")
+    modules = tuple(m for m in ALL_MODULES if any(m in l.A for l in loras))
+    folded = [fold_scaling(l) for l in loras]
+    n = len(loras)
+    A, B = {}, {}
+    for m in modules:
+        ref = next(f for f in folded if m in f.A)
+        a_list, b_list = [], []
+        for f in folded:
+            if m in f.A:
+                a_list.append(f.A[m])
+                b_list.append(f.B[m] / n)
+            else:  # a zero-rank stand-in keeps the shapes aligned
+                a_list.append(jnp.zeros(ref.A[m].shape[:-2] + (1, ref.A[m].shape[-1]), ref.A[m].dtype))
+                b_list.append(jnp.zeros(ref.B[m].shape[:-1] + (1,), ref.B[m].dtype))
+        A[m], B[m] = jnp.concatenate(a_list, axis=-2), jnp.concatenate(b_list, axis=-1)
+    ranks = {A[m].shape[-2] for m in modules}
+    r = max(ranks)
+    for m in modules:  # modules absent from some adapters have a smaller total rank: zero-pad
+        A[m] = jnp.pad(A[m], [(0, 0)] * (A[m].ndim - 2) + [(0, r - A[m].shape[-2]), (0, 0)])
+        B[m] = jnp.pad(B[m], [(0, 0)] * (B[m].ndim - 1) + [(0, r - B[m].shape[-1])])
+    return LoRA(A=A, B=B, config=LoRAConfig(rank=r, alpha=float(r), target_modules=modules))
