@@ -1,29 +1,140 @@
-"""Atomic writes: a killed process never leaves a half-written file or folder behind."""
+"""Atomic writes: a killed process never leaves a half-written file or folder behind.
+
+A folder is replaced crash-safely: the new folder is written beside ``path`` and flushed to disk, then
+swapped in with one atomic exchange (Linux ``renameat2(RENAME_EXCHANGE)``), so ``path`` always holds
+one complete folder, old or new. Where the exchange is not supported the replace takes two renames
+(``path`` away, new folder in), and the complete new folder is first renamed to a ``.new-`` name;
+`recover_dir`, run at the start of every `atomic_dir`, finishes such a replace that a killed process
+left half done and removes the leftovers. Leftovers carry their writer's process id and are removed
+only once that process is gone (on this machine), so a writer still at work is never disturbed.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import json
 import os
+import re
 import shutil
 import tempfile
 
 
+def _fsync_path(path: str, directory: bool = False) -> None:
+    """Flush a file (or a folder's entries) to disk; folders where the system cannot are skipped."""
+    try:
+        fd = os.open(path, os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0))
+    except OSError:
+        if directory:
+            return
+        raise
+    try:
+        os.fsync(fd)
+    except OSError:
+        if not directory:
+            raise
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(root: str) -> None:
+    """Flush every file and folder under ``root`` (files first, then their folders)."""
+    for folder, _, files in os.walk(root, topdown=False):
+        for name in files:
+            _fsync_path(os.path.join(folder, name))
+        _fsync_path(folder, directory=True)
+
+
+def _exchange(a: str, b: str) -> bool:
+    """Swap two existing paths in one atomic step (Linux ``renameat2`` with ``RENAME_EXCHANGE``);
+    False where the system or file system does not support it."""
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_fdcwd, rename_exchange = -100, 2
+    if fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), a, None, b)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        pass
+    return True
+
+
+def _leftovers(path: str) -> list[tuple[str, str]]:
+    """``(kind, folder)`` of every ``.tmp-``/``.new-``/``.old-`` folder of ``path`` whose writer is gone,
+    newest first."""
+    parent, base = os.path.split(os.path.abspath(path))
+    pattern = re.compile(rf"\.(tmp|new|old)-{re.escape(base)}-(\d+)-[A-Za-z0-9_]+")
+    found = []
+    with contextlib.suppress(FileNotFoundError):
+        for name in os.listdir(parent):
+            m = pattern.fullmatch(name)
+            if m and not _alive(int(m[2])):
+                full = os.path.join(parent, name)
+                found.append((m[1], full, os.stat(full).st_mtime_ns))
+    return [(kind, full) for kind, full, _ in sorted(found, key=lambda x: -x[2])]
+
+
+def recover_dir(path: str) -> None:
+    """Finish or clean up a replace of ``path`` that a killed `atomic_dir` left half done: if ``path``
+    is missing, a complete new folder (else the old one) is moved back to it; leftovers are removed."""
+    leftovers = _leftovers(path)
+    if not os.path.exists(path):
+        for kind in ("new", "old"):
+            found = [full for k, full in leftovers if k == kind]
+            if found:
+                os.rename(found[0], path)
+                _fsync_path(os.path.dirname(os.path.abspath(path)), directory=True)
+                break
+    for _, full in leftovers:
+        shutil.rmtree(full, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str):
-    """Yield a temporary folder beside ``path``; on success it replaces ``path`` in one rename."""
+    """Yield a temporary folder beside ``path``; on success it replaces ``path`` crash-safely (see the
+    module docstring): with the atomic exchange ``path`` is at every moment the complete old or the
+    complete new folder; without it, the next `atomic_dir` or `recover_dir` restores one of the two."""
     parent = os.path.dirname(os.path.abspath(path)) or "."
+    base = os.path.basename(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".tmp-" + os.path.basename(path) + "-", dir=parent)
+    recover_dir(path)
+    tmp = tempfile.mkdtemp(prefix=f".tmp-{base}-{os.getpid()}-", dir=parent)
     try:
         yield tmp
-        if os.path.exists(path):
-            old = tmp + ".old"
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
+        _fsync_tree(tmp)
+        if not os.path.exists(path):
+            os.rename(tmp, path)
+        elif _exchange(tmp, path):  # path is now the new folder, tmp the old one
+            shutil.rmtree(tmp, ignore_errors=True)
         else:
-            os.replace(tmp, path)
+            suffix = os.path.basename(tmp)[len(".tmp-"):]
+            new, old = (os.path.join(parent, f".{kind}-{suffix}") for kind in ("new", "old"))
+            os.rename(tmp, new)  # complete: from here on `recover_dir` moves it into place
+            tmp = new
+            os.rename(path, old)
+            try:
+                os.rename(new, path)
+            except BaseException:
+                os.rename(old, path)
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+        _fsync_path(parent, directory=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -31,14 +142,17 @@ def atomic_dir(path: str):
 
 @contextlib.contextmanager
 def atomic_file(path: str, suffix: str = ""):
-    """Yield a temporary file path beside ``path``; on success it replaces ``path`` in one rename."""
+    """Yield a temporary file path beside ``path``; on success it is flushed to disk and replaces
+    ``path`` in one rename."""
     parent = os.path.dirname(os.path.abspath(path)) or "."
     os.makedirs(parent, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=parent)
     os.close(fd)
     try:
         yield tmp
+        _fsync_path(tmp)
         os.replace(tmp, path)
+        _fsync_path(parent, directory=True)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
@@ -49,5 +163,3 @@ def write_json_atomic(path: str, obj) -> None:
     with atomic_file(path, ".json") as tmp:
         with open(tmp, "w") as f:
             json.dump(obj, f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
