@@ -1,0 +1,111 @@
+"""Set-up shared by the main job and the ablation experiments: `AblationConfig` and `setup_base_components`.
+
+`setup_base_components(ablation_config, training_config)` loads (or builds, when missing) everything a
+generator run stands on: the base model, the text encoder, the probes and the base model's hidden
+states on them, the teachers' behavioural deltas (cached), and the training dataset.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from llgbm_jax.config import TrainingConfig
+
+
+@dataclasses.dataclass
+class AblationConfig:
+    """The research notebook's ablation settings; where set they override the `TrainingConfig`'s fields
+    (``deltas_dir`` is the delta cache, ``zoo_dir`` the teacher zoo)."""
+
+    checkpoint_dir: str | None = None
+    deltas_dir: str | None = None
+    output_dir: str | None = None
+    use_small_model: bool | None = None
+    batch_size: int | None = None
+    gradient_accumulation_steps: int | None = None
+    learning_rate: float | None = None
+    warmup_steps: int | None = None
+    num_probes: int | None = None
+    max_probe_length: int | None = None
+    delta_batch_probes: int | None = None
+    text_encoder_name: str | None = None
+    freeze_text_encoder: bool | None = None
+    num_prompts_per_adapter: int | None = None
+    zoo_dir: str | None = None
+
+    def apply(self, config: TrainingConfig) -> TrainingConfig:
+        """``config`` with this ablation's settings (the ones not None) in place."""
+        changes = {("delta_cache_dir" if k == "deltas_dir" else k): v
+                   for k, v in dataclasses.asdict(self).items() if v is not None}
+        return config.replace(**changes)
+
+
+@dataclasses.dataclass
+class BaseComponents:
+    """What `setup_base_components` returns. Unpacks (and indexes, by position or name) as the notebook's
+    eight values; the rest are attributes for the main job and the ablations."""
+
+    base_model: Any
+    tokenizer: Any
+    text_encoder: Any
+    functional_lora: Any
+    probe_tokens: Any  # [P, S] int32
+    probe_masks: Any  # [P, S] int32
+    base_activation: Any  # [P, H] float32: the base model's final hidden state at each probe's last token
+    dataset: Any  # RealAdapterDataset, training split
+    # --- beyond the notebook's eight ---
+    config: TrainingConfig = None  # the training config with the ablation's settings applied
+    probes: Any = None  # the ProbeSet (its hash keys the delta cache)
+    adapters: Any = None  # every ZooAdapter of the zoo
+    teacher_deltas: Any = None  # adapter name -> behavioural delta [H], every adapter of the zoo
+    eval_dataset: Any = None  # RealAdapterDataset, held-out split (held-out adapters and prompts)
+
+    NOTEBOOK_FIELDS = ("base_model", "tokenizer", "text_encoder", "functional_lora", "probe_tokens", "probe_masks",
+                       "base_activation", "dataset")
+
+    def __iter__(self):
+        return (getattr(self, f) for f in self.NOTEBOOK_FIELDS)
+
+    def __len__(self):
+        return len(self.NOTEBOOK_FIELDS)
+
+    def __getitem__(self, key):
+        return getattr(self, key if isinstance(key, str) else self.NOTEBOOK_FIELDS[key])
+
+
+def setup_base_components(ablation_config: AblationConfig | None, training_config: TrainingConfig, *,
+                          base_model=None, show_progress: bool = True) -> BaseComponents:
+    """Load the base model and text encoder, build the probes and their base activations, compute (or read
+    from the cache) every teacher's behavioural delta, and build the training and held-out
+    `RealAdapterDataset`s of the zoo in ``config.zoo_dir`` (which must exist: the main job builds it first)."""
+    from llgbm_jax.dataset import RealAdapterDataset, make_splits, read_zoo
+    from llgbm_jax.delta import DeltaCache, probe_hidden
+    from llgbm_jax.functional_lora import FunctionalLoRA
+    from llgbm_jax.models import load_base_model
+    from llgbm_jax.probes import build_probes
+    from llgbm_jax.text_encoder import EmbeddingCache, load_text_encoder
+
+    config = ablation_config.apply(training_config) if ablation_config is not None else training_config
+    base_model = base_model or load_base_model(config.model_name, dtype=config.dtype)
+    text_encoder = load_text_encoder(config.text_encoder_name)
+    functional_lora = FunctionalLoRA(base_model, config.lora_rank, config.lora_alpha, config.target_modules)
+    probes = build_probes(base_model, config.num_probes, config.max_probe_length, config.seed,
+                          data_dir=config.data_dir)
+    base_activation = probe_hidden(base_model, probes, delta_batch_probes=config.delta_batch_probes)
+    adapters = read_zoo(config.zoo_dir)
+    splits = make_splits(adapters, config.heldout_prompt_fraction, config.seed)
+    deltas = DeltaCache(config.delta_cache_dir).get_many(base_model, probes, [a.path for a in adapters],
+                                                         show_progress=show_progress,
+                                                         delta_batch_probes=config.delta_batch_probes)
+    teacher_deltas = {a.name: d for a, d in zip(adapters, deltas)}
+    if config.freeze_text_encoder:
+        kw = {"condition": "embeddings", "embed": EmbeddingCache(config.embedding_cache_dir, text_encoder).get}
+    else:
+        kw = {"condition": "tokens", "text_encoder": text_encoder}
+    datasets = [RealAdapterDataset(config.zoo_dir, base_model.config, split=split, splits=splits,
+                                   num_prompts_per_adapter=config.num_prompts_per_adapter, seed=config.seed,
+                                   teacher_deltas=teacher_deltas, **kw) for split in ("train", "eval")]
+    return BaseComponents(base_model, base_model.tokenizer, text_encoder, functional_lora, probes.ids, probes.mask,
+                          base_activation, datasets[0], config=config, probes=probes, adapters=adapters,
+                          teacher_deltas=teacher_deltas, eval_dataset=datasets[1])
