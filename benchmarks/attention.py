@@ -4,9 +4,10 @@
 
 SmolLM2-135M's shapes (9 query heads, 3 key/value heads, head size 64), float32, no padding. For each
 length prints milliseconds per call of the forward and of the gradient (of a sum of squares, with
-respect to q, k and v) of `decoder._attend` with `decoder.QUERY_CHUNK` and with one chunk, and of
+respect to q, k and v) of `attention.attend_chunked` with `attention.QUERY_CHUNK` and with one chunk, and of
 torch's `scaled_dot_product_attention(is_causal=True)` (keys/values repeated per group, as
-transformers does), with ratios ours / torch.
+transformers does), with ratios ours / torch, and the largest difference of each of ours from torch's
+output and gradients (the gradients relative to their largest entry).
 """
 
 from __future__ import annotations
@@ -31,10 +32,10 @@ def main(argv=None):
     import numpy as np
     import torch
 
-    from llgbm_jax.models import decoder
+    from llgbm_jax.models import attention
 
     print(f"threads: {n_threads} | jax {jax.__version__} | torch {torch.__version__} | batch {args.batch}, "
-          f"{HEADS} heads, {KV_HEADS} kv heads, head size {HEAD_DIM}, float32, query chunk {decoder.QUERY_CHUNK}")
+          f"{HEADS} heads, {KV_HEADS} kv heads, head size {HEAD_DIM}, float32, query chunk {attention.QUERY_CHUNK}")
     rows = {}
     for s in args.seqs:
         rng = np.random.RandomState(0)
@@ -42,8 +43,8 @@ def main(argv=None):
         k, v = (rng.randn(args.batch, KV_HEADS, s, HEAD_DIM).astype(np.float32) for _ in range(2))
         allowed = jnp.asarray(np.broadcast_to(np.tril(np.ones((s, s), bool)), (args.batch, s, s)))
         ours = {}
-        for name, chunk in (("chunked", decoder.QUERY_CHUNK), ("one_softmax", s)):
-            attend = lambda q, k, v, chunk=chunk: decoder._attend(q, [(k, v, allowed)], query_chunk=chunk)
+        for name, chunk in (("chunked", attention.QUERY_CHUNK), ("one_softmax", s)):
+            attend = lambda q, k, v, chunk=chunk: attention.attend_chunked(q, [(k, v, allowed)], query_chunk=chunk)
             ours[name] = jax.jit(attend), jax.jit(jax.grad(lambda *a, f=attend: jnp.sum(f(*a) ** 2), argnums=(0, 1, 2)))
         qj, kj, vj = map(jnp.asarray, (q, k, v))
         qt = torch.from_numpy(q).transpose(1, 2).contiguous().requires_grad_()
@@ -57,6 +58,11 @@ def main(argv=None):
         with torch.inference_mode():
             ref = sdpa().transpose(1, 2).reshape(args.batch, s, -1).numpy()
         diff = max(float(np.abs(np.asarray(f(qj, kj, vj)) - ref).max()) for f, _ in ours.values())
+        torch_grad()  # the gradient too: torch's with respect to the per-group copies of k and v, summed per group
+        ref_grads = (qt.grad.transpose(1, 2).numpy(), *(
+            x.grad.reshape(args.batch, KV_HEADS, HEADS // KV_HEADS, s, HEAD_DIM).sum(2).numpy() for x in (kt, vt)))
+        grad_diff = max(float(np.abs(np.asarray(ours_g) - ref_g).max() / np.abs(ref_g).max())  # relative
+                        for _, g in ours.values() for ours_g, ref_g in zip(g(qj, kj, vj), ref_grads))
         fns = {}
         for name, (f, g) in ours.items():
             fns[f"{name}_fwd"] = lambda f=f: f(qj, kj, vj).block_until_ready()
@@ -64,11 +70,12 @@ def main(argv=None):
         fns["torch_fwd"] = lambda: sdpa().detach()
         fns["torch_grad"] = torch_grad
         t = {k: 1e3 * x for k, x in interleaved_medians(fns, args.repeats).items()}
-        rows[s] = dict(ms=t, max_diff_vs_torch=diff)
+        rows[s] = dict(ms=t, max_diff_vs_torch=diff, max_grad_rel_diff_vs_torch=grad_diff)
         print(f"  {s:4d} tokens: forward ours {t['chunked_fwd']:6.2f} ms (one softmax {t['one_softmax_fwd']:6.2f}) | "
               f"torch {t['torch_fwd']:6.2f} ms | ours / torch {t['torch_fwd'] / t['chunked_fwd']:.2f}x;  gradient ours "
               f"{t['chunked_grad']:6.2f} ms (one softmax {t['one_softmax_grad']:6.2f}) | torch {t['torch_grad']:6.2f} ms | "
-              f"{t['torch_grad'] / t['chunked_grad']:.2f}x;  max |diff| {diff:.1e}")
+              f"{t['torch_grad'] / t['chunked_grad']:.2f}x;  max |diff| {diff:.1e}, "
+              f"gradient (relative to its largest entry) {grad_diff:.1e}")
     return save_result(args, {"threads": n_threads, "batch": args.batch, "seqs": rows})
 
 

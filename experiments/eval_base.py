@@ -86,7 +86,7 @@ def main(argv=None):
         results[task.name] = res
         save()
         print(f"{task.name}: {res['correct']}/{res['total']} = {res['accuracy']:.3f} {_fmt_ci(res['ci95'])}, "
-              f"{res['seconds']:.1f}s", flush=True)
+              f"{res['seconds']:.1f}s, {res['compiled_programs']} XLA programs compiled", flush=True)
 
     print("\n" + format_table(results))
     if "arc_e" in results:

@@ -6,9 +6,9 @@ README's teacher findings.
 
 ``arc_e``/``obqa``: letter answers (options listed in the prompt, response ``[B]``, options scored as
 ``[A]``..``[D]``). ``arc_e_cloze``/``obqa_cloze``: the question alone, the response is the gold answer's
-text and the options are scored as texts. ``--eval val`` scores 300 train questions held out of
-training (for tuning); ``--eval test`` the first ``--n-eval`` test questions. Prints base and
-checkpoint accuracy with the paired gain.
+text and the options are scored as texts. ``fam_*``: the generated task family (`llgbm_jax.task_family`).
+``--eval val`` scores 300 train questions held out of training (for tuning); ``--eval test`` the first
+``--n-eval`` test questions. Prints base and checkpoint accuracy with the paired gain.
 """
 
 from __future__ import annotations
@@ -18,8 +18,11 @@ import tempfile
 
 
 def main(argv=None):
+    from llgbm_jax.task_family import family_task_names
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--task", default="arc_e", choices=["arc_e", "obqa", "arc_e_cloze", "obqa_cloze"])
+    ap.add_argument("--task", default="arc_e",
+                    choices=["arc_e", "obqa", "arc_e_cloze", "obqa_cloze"] + family_task_names())
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--save-every", type=int, default=30, help="checkpoints scored: steps, steps - k, steps - 2k")

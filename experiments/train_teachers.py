@@ -33,6 +33,9 @@ def parse_args(argv=None):
     ap.add_argument("--eval-samples", type=int, help="held-out questions scored per task (0: skip)")
     ap.add_argument("--data-dir", help="task data folder (default: $LLGBM_DATA_DIR or ./data)")
     ap.add_argument("--model", help="base model: embedded name, .gguf, HF folder or hub id (default: the preset's)")
+    ap.add_argument("--rebuild-stale", action="store_true",
+                    help="delete and retrain runs whose recorded data or settings differ from the current ones "
+                         "(without it such a zoo is refused, naming what changed)")
     ap.add_argument("--no-progress", action="store_true", help="no tqdm bars")
     return ap.parse_args(argv)
 
@@ -50,6 +53,7 @@ def zoo_config(args):
                              ("eval_samples", args.eval_samples), ("model", args.model)) if v is not None}
     if args.eval_samples is not None:
         top["gsm8k_eval_samples"] = min(cfg.gsm8k_eval_samples, args.eval_samples)
+        top["eval_overrides"] = ()  # the command line's count holds for every task
     cfg = dataclasses.replace(cfg, teacher=dataclasses.replace(cfg.teacher, **teacher), task_overrides=overrides, **top)
     for task in cfg.tasks:  # fail now, not after the first task, if the adapters do not fit
         try:
@@ -61,20 +65,23 @@ def zoo_config(args):
 
 def summary_table(manifest) -> str:
     """One line per (task, run): n, base and teacher accuracy with 95% intervals, and the gain with its
-    paired standard error (same questions) and in standard errors."""
+    paired standard error (same questions) and in standard errors; for the task family also exact match."""
     base = manifest.get("base_accuracy", {})
+    w = max([8] + [len(s["task"]) for s in manifest.get("summary", [])])
     counts = {}
     for a in manifest["adapters"]:
         counts[a["task"], a["run"]] = counts.get((a["task"], a["run"]), 0) + 1
-    lines = [f"{'task':<8} {'run':<5} {'adapters':>8} {'n':>5}  {'base [95% CI]':<22} {'teacher [95% CI]':<22} "
+    lines = [f"{'task':<{w}} {'run':<5} {'adapters':>8} {'n':>5}  {'base [95% CI]':<22} {'teacher [95% CI]':<22} "
              f"{'gain ± SE':<15} {'gain/SE':>7}"]
     for s in manifest.get("summary", []):
         b = base[s["task"]]
         lo, hi = s["teacher_ci95"]
-        lines.append(f"{s['task']:<8} {s['run']:<5} {counts[s['task'], s['run']]:>8} {s['n']:>5}  "
+        lines.append(f"{s['task']:<{w}} {s['run']:<5} {counts[s['task'], s['run']]:>8} {s['n']:>5}  "
                      f"{s['base']:.3f} [{b['ci95'][0]:.3f}, {b['ci95'][1]:.3f}]   "
                      f"{s['teacher']:.3f} [{lo:.3f}, {hi:.3f}]   {s['gain']:+.3f} ± {s['se']:.3f}  "
-                     f"{s['gain_in_se']:>7.2f}" + ("" if s["gain_in_se"] > 2 else "  (not > 2 SE)"))
+                     f"{s['gain_in_se']:>7.2f}" + ("" if s["gain_in_se"] > 2 else "  (not > 2 SE)")
+                     + (f"  exact match {s['base_exact_match']:.3f} -> {s['teacher_exact_match']:.3f}"
+                        if "teacher_exact_match" in s else ""))
     return "\n".join(lines)
 
 
@@ -111,18 +118,26 @@ def plot_loss_curves(zoo_dir: str, manifest, path: str) -> str:
 
 def main(argv=None):
     args = parse_args(argv)
-    from llgbm_jax.teachers import build_zoo
+    from llgbm_jax.tasks import leakage_report
+    from llgbm_jax.teachers import StaleRunError, build_zoo
 
     cfg = zoo_config(args)
     print(f"zoo {args.zoo_dir}: {cfg.model}, tasks {', '.join(cfg.tasks)}, {cfg.runs_per_task} run(s) per task, "
           + ", ".join(f"{t} {len(cfg.teacher_for(t).save_steps())} adapters/run over {cfg.teacher_for(t).steps} steps"
                       for t in cfg.tasks))
+    print("training records whose question is an evaluation question (removed): " + ", ".join(
+        f"{t} {r['removed']} of {r['train_records']}" for t, r in leakage_report(args.data_dir, cfg.tasks).items()))
     t0 = time.perf_counter()
-    manifest = build_zoo(args.zoo_dir, cfg, data_dir=args.data_dir, show_progress=not args.no_progress)
+    try:
+        manifest = build_zoo(args.zoo_dir, cfg, data_dir=args.data_dir, show_progress=not args.no_progress,
+                             rebuild_stale=args.rebuild_stale)
+    except StaleRunError as e:
+        raise SystemExit(f"train_teachers.py: {e}") from None
     seconds = time.perf_counter() - t0
     print(f"\n{len(manifest['adapters'])} adapters in {args.zoo_dir}; this call took {seconds / 60:.1f} min. Over all "
           f"calls that built this zoo: {manifest['seconds'] / 60:.1f} min, of which training and export "
-          f"{manifest.get('train_seconds', 0) / 60:.1f} min and test-set scoring {manifest.get('eval_seconds', 0) / 60:.1f} min\n")
+          f"{manifest.get('train_seconds', 0) / 60:.1f} min and test-set scoring {manifest.get('eval_seconds', 0) / 60:.1f} min; "
+          f"this call compiled {manifest['compiled_programs']} XLA programs\n")
     print(summary_table(manifest))
     print(f"\nloss curves: {plot_loss_curves(args.zoo_dir, manifest, os.path.join(args.zoo_dir, 'loss_curves.png'))}")
 

@@ -9,6 +9,8 @@
   answer's length in characters (lm-eval-harness's ``acc_norm``). No parse failures by construction.
 - ``gsm8k``: greedy generation with the KV cache (`BaseModel.generate`), then the number is read by
   `llgbm_jax.tasks.extract_gsm8k_answer`; unreadable outputs count as parse failures (and wrong).
+- exact match (`exact_match_accuracy`, the task family's second score): greedy generation, the
+  stripped output must equal the gold response.
 
 Questions are sorted by length and batched; widths are padded to multiples of ``pad_to_multiple_of``
 and the last batch is filled with repeats, so only a few shapes are ever compiled.
@@ -28,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from llgbm_jax.compile_stats import reports_compilations
 from llgbm_jax.lora import LoRA
 from llgbm_jax.models import decoder
 from llgbm_jax.tasks import Record, Task, resolve_task
@@ -43,7 +46,8 @@ def _repeat_rows(tree, k: int, axis: int):
 def prefix_cache(params, config, prefix_ids, lora=None) -> decoder.KVCache:
     """The KV cache of one token sequence shared by every prompt (``prefix_ids``: ``[S]``)."""
     s = prefix_ids.shape[0]
-    return decoder.prefill(params, config, prefix_ids[None], jnp.ones((1, s), jnp.int32), lora, length=s)[1]
+    return decoder.prefill(params, config, prefix_ids[None], jnp.ones((1, s), jnp.int32), lora, length=s,
+                           padding="none")[1]
 
 
 @functools.partial(jax.jit, static_argnames=("config",))
@@ -224,6 +228,7 @@ def _summary(correct: int, total: int, parse_failures: int, seconds: float, task
             "questions_per_s": total / seconds if seconds > 0 else float("inf")}
 
 
+@reports_compilations
 def compute_accuracy_with_lora(lora: LoRA | None, base_model, eval_samples: Sequence[Record], task, *,
                                max_samples: int | None = None, batch_size: int | None = None,
                                max_new_tokens: int = 256, pad_to_multiple_of: int = 32, share_prefix: bool = True,
@@ -232,9 +237,10 @@ def compute_accuracy_with_lora(lora: LoRA | None, base_model, eval_samples: Sequ
 
     ``task`` is a `Task`, a registered task name, or a task type. Returns a JSON-ready dict with
     ``accuracy``, ``correct``, ``total``, ``parse_failures``, ``ci95`` (Wilson), ``seconds``,
-    ``questions_per_s``; for mcq, cloze and bool also ``accuracy_norm``, ``correct_norm``, ``ci95_norm`` and
-    ``boundary_merges``. ``return_details=True`` adds per-question ``details`` (prediction, gold, and
-    the option scores or the generated text).
+    ``questions_per_s``, ``compiled_programs`` and ``compile_seconds`` (`compile_stats`); for mcq, cloze
+    and bool also ``accuracy_norm``, ``correct_norm``, ``ci95_norm`` and ``boundary_merges``.
+    ``return_details=True`` adds per-question ``details`` (prediction, gold, and the option scores or the
+    generated text).
     """
     task = resolve_task(task)
     samples = list(eval_samples)[:max_samples] if max_samples is not None else list(eval_samples)
@@ -269,6 +275,37 @@ def compute_accuracy_with_lora(lora: LoRA | None, base_model, eval_samples: Sequ
         out["details"] = [{"pred": p, "pred_norm": pn, "gold": g, "correct": bool(h), "options": list(o),
                            "logprobs": [float(x) for x in s]}
                           for p, pn, g, h, o, s in zip(preds, preds_norm, golds, hits, options, scores)]
+    return out
+
+
+def exact_match_accuracy(lora: LoRA | None, base_model, eval_samples: Sequence[Record], task, *,
+                         max_samples: int | None = None, max_new_tokens: int | None = None, batch_size: int = 16,
+                         pad_to_multiple_of: int = 32, show_progress: bool = True,
+                         return_details: bool = False) -> dict[str, Any]:
+    """Greedy generation (`generate_texts`) scored by exact match: the output, surrounding whitespace
+    stripped, equals the record's ``response`` stripped (case-sensitive). ``max_new_tokens`` defaults to
+    the longest gold response's token count + 2 (so an answer that goes on past its gold shows), rounded
+    up to a multiple of 8 (fewer compilations of the generation loop). Returns
+    ``accuracy``, ``correct``, ``total``, ``ci95``, ``seconds``, ``questions_per_s``, ``max_new_tokens``
+    (and per-question ``details`` with ``return_details``)."""
+    task = resolve_task(task)
+    samples = list(eval_samples)[:max_samples] if max_samples is not None else list(eval_samples)
+    if not samples:
+        raise ValueError("no evaluation samples")
+    golds = [r["response"].strip() for r in samples]
+    if max_new_tokens is None:
+        longest = max(len(x) for x in base_model.tokenizer(golds, add_special_tokens=False)["input_ids"])
+        max_new_tokens = -(-(longest + 2) // 8) * 8
+    t0 = time.perf_counter()
+    texts = generate_texts(base_model, [task.format_prompt(r, base_model) for r in samples], lora,
+                           batch_size=batch_size, max_new_tokens=max_new_tokens, pad_to_multiple_of=pad_to_multiple_of,
+                           show_progress=show_progress, desc=f"{task.name} (exact match)")
+    hits = [t.strip() == g for t, g in zip(texts, golds)]
+    out = _summary(sum(hits), len(samples), 0, time.perf_counter() - t0, task)
+    del out["parse_failures"]  # no parsing: an answer is right or wrong
+    out["max_new_tokens"] = int(max_new_tokens)
+    if return_details:
+        out["details"] = [{"text": t, "gold": g, "correct": bool(h)} for t, g, h in zip(texts, golds, hits)]
     return out
 
 

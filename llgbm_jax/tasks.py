@@ -74,6 +74,12 @@ def mcq_labels(prompt: str) -> tuple[str, ...]:
     return tuple(label for label, _ in mcq_choices(prompt))
 
 
+def question_text(prompt: str) -> str:
+    """A prompt without its option lines and the answer-format instruction lines."""
+    return "\n".join(line for line in prompt.split("\n")
+                     if not _OPTION_LINE.match(line) and not _INSTRUCTION_LINE.match(line)).strip()
+
+
 def mcq_to_cloze(record: Record) -> Record:
     """A ``mcq`` record in ``cloze`` form: the question without its option and instruction lines, the
     gold option's text as the response, the option texts as ``"options"``; no system message (the
@@ -81,9 +87,7 @@ def mcq_to_cloze(record: Record) -> Record:
     choices = mcq_choices(record["prompt"])
     labels, texts = [label for label, _ in choices], [text for _, text in choices]
     gold = gold_answer(record, "mcq")[1:-1]
-    question = "\n".join(line for line in record["prompt"].split("\n")
-                         if not _OPTION_LINE.match(line) and not _INSTRUCTION_LINE.match(line)).strip()
-    return {"prompt": question, "response": texts[labels.index(gold)], "options": texts}
+    return {"prompt": question_text(record["prompt"]), "response": texts[labels.index(gold)], "options": texts}
 
 
 def _bracketed(response: str) -> str:
@@ -258,21 +262,16 @@ def infer_task_type(records: Sequence[Record], name: str = "") -> str:
 
 # --- tasks --------------------------------------------------------------------------------------------
 
-def _content_key(record: Record) -> tuple[str, frozenset]:
-    """A record's question and its set of option texts, without the labels (so shuffled options
-    match) and without the instruction lines that differ between files. Used to keep evaluation
-    questions out of training data."""
-    question, options = [], {o.strip().rstrip(".").lower() for o in record.get("options", ())}
-    for line in record["prompt"].split("\n"):
-        line = line.strip().rstrip(".").lower()
-        if not line or line in ("[true]", "[false]") or _INSTRUCTION_LINE.match(line):
-            continue
-        m = re.match(r"([a-z]|[1-9])\s*:\s(.*)", line)  # an option line (lower-cased)
-        if m:
-            options.add(m.group(2).strip())
-        else:
-            question.append(line)
-    return "\n".join(question), frozenset(options)
+# The data README's rule: a training record is an evaluation question when its question text,
+# normalised for case, whitespace and punctuation, equals an evaluation question's, whatever its
+# options. Teacher runs record this name; a zoo trained under another rule is stale.
+LEAKAGE_RULE = "question-text-v2"
+
+
+def _content_key(record: Record) -> str:
+    """The leakage rule's key: `question_text` of the prompt, `_normalise`d (options and the
+    instruction lines that differ between files play no part)."""
+    return _normalise(question_text(record["prompt"]))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -281,8 +280,8 @@ class Task:
 
     ``train_file``/``eval_file`` are file names inside the data directory. A task with one file (GSM8K)
     gives ``eval_file=None`` and index ranges ``train_range``/``eval_range`` into that file. Training
-    records whose question also appears in the evaluation split are dropped, so evaluation questions
-    are never trained on.
+    records whose question also appears in the evaluation split (`LEAKAGE_RULE`) are dropped, so
+    evaluation questions are never trained on.
     """
 
     name: str
@@ -317,7 +316,7 @@ class Task:
         """The records of ``split`` (``"train"`` or ``"eval"``), read from the data directory; a cloze
         task reads ``mcq`` files in cloze form (`mcq_to_cloze`)."""
         records = self._read(split, data_dir)
-        if split == "train" and self.eval_file is not None:
+        if split == "train":
             held_out = {_content_key(r) for r in self._read("eval", data_dir)}
             records = [r for r in records if _content_key(r) not in held_out]
         if self.task_type == "cloze":
@@ -375,6 +374,8 @@ register_task(Task("arc_e_cloze", "cloze", "ARC-e_train.json", "ARC-e_test.json"
 register_task(Task("obqa_cloze", "cloze", "OBQA_train.json", "OBQA_test.json"))
 register_task(Task("gsm8k", "gsm8k", "GSM8K.json", None, train_range=(0, 1000), eval_range=(1000, 1319)))
 
+from llgbm_jax import task_family  # noqa: E402,F401  (registers the generated fam_* tasks; needs the names above)
+
 
 def task_from_files(name: str, train_file: str, eval_file: str | None = None, task_type: str | None = None,
                     data_dir: str | None = None, **kw) -> Task:
@@ -405,3 +406,17 @@ def resolve_task(task) -> Task:
     if task in TASK_TYPES:
         return Task(task, task)
     raise ValueError(f"{task!r} is neither a task type {TASK_TYPES} nor a registered task {sorted(TASKS)}")
+
+
+def leakage_report(data_dir: str | None = None, names: Sequence[str] | None = None) -> dict[str, dict[str, int]]:
+    """Per task read from files (default: every registered one): its training records before the
+    leakage rule, the number the rule removes (their question is an evaluation question) and the
+    number kept."""
+    out = {}
+    for name in names if names is not None else sorted(TASKS):
+        task = get_task(name, data_dir)
+        if task.train_file is None:  # generated in memory: disjoint by construction
+            continue
+        raw, kept = len(task._read("train", data_dir)), len(task.load("train", data_dir))
+        out[name] = {"train_records": raw, "removed": raw - kept, "kept": kept}
+    return out

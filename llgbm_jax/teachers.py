@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 import os
+import shutil
 import time
 import zlib
 from typing import Any, Sequence
@@ -24,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from llgbm_jax import optim
+from llgbm_jax import compile_stats, optim
 from llgbm_jax.checkpointing import TrainCheckpointer
 from llgbm_jax.io_utils import write_json_atomic
 from llgbm_jax.lora import ALL_MODULES, LoRA, LoRAConfig, init_lora
@@ -144,8 +146,9 @@ def batch_plan(lengths: Sequence[int], batch_size: int, steps: int, seed: int, g
 # --- loss and step ------------------------------------------------------------------------------
 
 def sft_loss(lora: LoRA, params, config, batch: dict, remat: bool | str = "dots") -> jax.Array:
-    """Mean cross-entropy of the supervised tokens."""
-    h, _ = decoder.forward(params, config, batch["ids"], batch["mask"], lora, remat=remat)
+    """Mean cross-entropy of the supervised tokens. ``batch`` is right padded (`collate`), which lets
+    the forward use a fused attention kernel where there is one."""
+    h, _ = decoder.forward(params, config, batch["ids"], batch["mask"], lora, remat=remat, padding="right")
     h = jnp.take_along_axis(h, batch["target_pos"][..., None], axis=1)
     logp = jax.nn.log_softmax(decoder.lm_head(params, config, h), axis=-1)
     nll = -jnp.take_along_axis(logp, batch["target_ids"][..., None], axis=-1)[..., 0]
@@ -176,17 +179,81 @@ def _optimizer(lr: float, warmup_steps: int, steps: int, weight_decay: float, cl
     return optim.adamw(lr, warmup_steps, steps, weight_decay=weight_decay, clip_norm=clip_norm)
 
 
+# --- what a run was started with ---------------------------------------------------------------------
+
+START_RECORD = "run.json"
+
+
+class StaleRunError(ValueError):
+    """A run folder holds a run started with another configuration, data or base model."""
+
+
+def fingerprint(obj) -> str:
+    """SHA-256 of the canonical JSON of ``obj`` (records, configurations)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False, default=list).encode()).hexdigest()
+
+
+def model_identity(base_model) -> dict[str, str]:
+    return {"name": base_model.name, "config": fingerprint(base_model.config.to_dict()),
+            "dtype": str(np.dtype(base_model.dtype))}
+
+
+def start_record(base_model, task, records: Sequence[dict], cfg: TeacherConfig, seed: int) -> dict[str, Any]:
+    """Everything that decides a run's adapters: the task's definition and leakage rule, the exact
+    training records (count and `fingerprint`, in order), the `TeacherConfig`, the seed and the base
+    model. Stored in ``run_dir/run.json``; `start_record_changes` compares against it."""
+    from llgbm_jax.tasks import LEAKAGE_RULE
+
+    definition = dataclasses.asdict(task) if dataclasses.is_dataclass(task) else {"name": task.name}
+    record = {"task": {**definition, "leakage_rule": LEAKAGE_RULE}, "teacher": dataclasses.asdict(cfg), "seed": seed,
+              "data": {"records": len(records), "fingerprint": fingerprint(list(records))},
+              "base_model": model_identity(base_model)}
+    return json.loads(json.dumps(record, default=list))  # as it reads back from run.json
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        out.update(_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def start_record_changes(run_dir: str, record: dict) -> list[str]:
+    """How ``record`` differs from the start record in ``run_dir``, one ``"key: old -> new"`` per
+    field; empty when they are equal or the folder holds no run yet."""
+    path = os.path.join(run_dir, START_RECORD)
+    if not os.path.exists(path):
+        if os.path.isdir(run_dir) and os.listdir(run_dir):
+            return [f"{START_RECORD} is missing (the run predates start records), so what it was trained on "
+                    f"is unknown"]
+        return []
+    with open(path) as f:
+        old, new = _flatten(json.load(f)), _flatten(record)
+    return [f"{k}: {old.get(k, '(absent)')} -> {new.get(k, '(absent)')}" for k in sorted(old.keys() | new.keys())
+            if old.get(k) != new.get(k)]
+
+
 def train_run(base_model, task, records: Sequence[dict], cfg: TeacherConfig, run_dir: str, *, seed: int,
               on_adapter=None, show_progress: bool = True, stop_after: int | None = None,
               data_info: dict | None = None) -> RunResult:
     """Train one adapter on ``records``; export a PEFT folder at every step of ``cfg.save_steps()``
     to ``run_dir/step_XXXXX`` (with ``prompts.json`` and ``metrics.json``, which also records
-    ``data_info``: where ``records`` came from). Writes ``run_dir/history.json`` (loss, gradient norm
-    and lr per step) when it ends. Resumes from the orbax state in ``run_dir/state`` if a previous
-    run was killed. ``stop_after`` ends early (tests)."""
+    ``data_info``: where ``records`` came from, and their fingerprint). Writes ``run_dir/history.json``
+    (loss, gradient norm and lr per step) when it ends. Resumes from the orbax state in
+    ``run_dir/state`` if a previous run was killed; a run folder started with another configuration,
+    seed, task, base model or other records (`start_record`) raises `StaleRunError` naming what
+    changed. ``stop_after`` ends early (tests)."""
     from tqdm.auto import tqdm
 
     from llgbm_jax.peft_io import save_peft_adapter
+
+    record = start_record(base_model, task, records, cfg, seed)
+    changes = start_record_changes(run_dir, record)
+    if changes:
+        raise StaleRunError(f"{run_dir} holds a run started differently; resuming would mix the two. Changed: "
+                            + "; ".join(changes) + ". Delete the folder to start afresh, or restore what changed.")
+    if not os.path.exists(os.path.join(run_dir, START_RECORD)):
+        write_json_atomic(os.path.join(run_dir, START_RECORD), record)
 
     examples, kept = [], []
     for r in records:
@@ -228,7 +295,8 @@ def train_run(base_model, task, records: Sequence[dict], cfg: TeacherConfig, run
             metrics = {"task": task.name, "step": done, "seed": seed,
                        "train_loss": float(np.mean(history["loss"][-cfg.save_every:])),
                        "examples_seen": len(seen), "examples": len(examples),
-                       "too_long_dropped": len(records) - len(examples), "data": dict(data_info or {})}
+                       "too_long_dropped": len(records) - len(examples),
+                       "data": {**(data_info or {}), **record["data"], "leakage_rule": record["task"]["leakage_rule"]}}
             write_json_atomic(os.path.join(path, "metrics.json"), metrics)
             adapters.append({"step": done, "path": path, "train_loss": metrics["train_loss"]})
             if on_adapter is not None:
@@ -271,24 +339,36 @@ class ZooConfig:
     eval_samples: int = 200  # held-out questions for base vs final-adapter accuracy (0: skip)
     gsm8k_eval_samples: int = 64
     gsm8k_max_new_tokens: int = 256
+    eval_overrides: tuple[tuple[str, int], ...] = ()  # per-task held-out question counts
     seed: int = 0
 
     def teacher_for(self, task: str) -> TeacherConfig:
         return dataclasses.replace(self.teacher, **dict(dict(self.task_overrides).get(task, ())))
 
+    def eval_samples_for(self, task) -> int:
+        """Held-out questions scored for ``task`` (a `Task`): its entry in ``eval_overrides``, else
+        ``gsm8k_eval_samples`` for GSM8K and ``eval_samples`` for the rest."""
+        default = self.gsm8k_eval_samples if task.task_type == "gsm8k" else self.eval_samples
+        return dict(self.eval_overrides).get(task.name, default)
+
 
 PRESETS = {
-    # The embedded SmolLM2-135M on this 2-core CPU: 4 tasks x 1 trajectory x 8 adapters. ARC-e and OBQA
-    # in cloze form (answer texts): in letter form a 135M model's teachers learn only the label prior
-    # (README, "Teacher zoo"). Sized by measured step times (batch 8: cloze rows ~2 s, BoolQ ~96 tokens
-    # 2.7 s; GSM8K batch 4 x ~256 tokens 3.7 s). Scoring (1000 held-out questions per task, all 500 of
-    # OBQA, 64 of GSM8K) comes on top and is timed separately.
+    # The embedded SmolLM2-135M on this 2-core CPU, 1 trajectory x 8 adapters per task, about 25 minutes in
+    # all. ARC-e and OBQA in cloze form (answer texts): in letter form a 135M model's teachers learn only the
+    # label prior (README, "Teacher zoo"). ARC-e cloze, the one real-data task whose teachers gain: 96 steps,
+    # 400 scored questions. BoolQ, OBQA and GSM8K teachers do not beat the base at 135M: 24 steps and 64
+    # (GSM8K 16) scored questions keep them in the zoo cheaply. Eight tasks of the generated family (four
+    # kinds, two tasks each; `llgbm_jax.task_family`): 24 steps, 64 questions scored by cloze and by exact
+    # match. Step times (batch 8): ARC-e cloze ~2 s, family ~0.75 of that, BoolQ 2.7 s, GSM8K (batch 4 x
+    # ~256 tokens) 3.7 s.
     "cpu": ZooConfig(
-        tasks=("arc_e_cloze", "boolq", "obqa_cloze", "gsm8k"),
-        eval_samples=1000,
-        teacher=TeacherConfig(steps=96, warmup_steps=8, save_every=10, batch_size=8, learning_rate=5e-4),
-        task_overrides=(("boolq", (("steps", 128), ("save_every", 12), ("learning_rate", 1e-3))),
-                        ("gsm8k", (("steps", 64), ("save_every", 6), ("batch_size", 4), ("max_seq_len", 448)))),
+        tasks=("arc_e_cloze", "boolq", "obqa_cloze", "gsm8k", "fam_reverse_words", "fam_swap_first_last",
+               "fam_add_2", "fam_add_5", "fam_uppercase", "fam_capitalize", "fam_word_2", "fam_word_4"),
+        eval_samples=64, gsm8k_eval_samples=16, eval_overrides=(("arc_e_cloze", 400),),
+        teacher=TeacherConfig(steps=24, warmup_steps=8, save_every=2, batch_size=8, learning_rate=5e-4),
+        task_overrides=(("arc_e_cloze", (("steps", 96), ("save_every", 10))),
+                        ("boolq", (("learning_rate", 1e-3),)),
+                        ("gsm8k", (("batch_size", 4), ("max_seq_len", 448)))),
     ),
     # Qwen2.5-0.5B-Instruct on an accelerator: every task, 4 runs on disjoint chunks, longer training.
     "gpu": ZooConfig(
@@ -300,51 +380,93 @@ PRESETS = {
 
 
 def build_zoo(zoo_dir: str, cfg: ZooConfig, *, base_model=None, data_dir: str | None = None,
-              show_progress: bool = True) -> dict[str, Any]:
+              show_progress: bool = True, rebuild_stale: bool = False) -> dict[str, Any]:
     """Train every (task, run) of ``cfg`` into ``zoo_dir`` and write ``zoo_dir/manifest.json``.
 
     Finished runs (their last adapter exported) are not retrained; a killed run resumes from its
-    orbax state. Each run's final adapter is scored on ``eval_samples`` held-out questions beside the
-    base model (per-question results in ``test_details.json`` files; the summary's gain and its paired
-    standard error compare the two on the same questions). Returns the manifest.
+    orbax state. A run folder whose `start_record` differs from what ``cfg``, the base model and the
+    current data give (other training records, say after a change of the data or of the leakage rule)
+    is stale: before anything is trained, `StaleRunError` names every stale run and what changed,
+    unless ``rebuild_stale`` deletes and retrains them. Each run's final adapter is scored on
+    ``eval_samples`` held-out questions beside the base model (per-question results in
+    ``test_details.json`` files; the summary's gain and its paired standard error compare the two on
+    the same questions); scores are reused only while what they depend on (``eval_key``: questions,
+    generation budget, base model) is unchanged. ``manifest["leakage"]`` records
+    `tasks.leakage_report` of the tasks. Returns the manifest (``compiled_programs``:
+    how many XLA programs this call compiled, `compile_stats`).
     """
-    from llgbm_jax.evaluation import compute_accuracy_with_lora, paired_gain
+    from llgbm_jax.evaluation import compute_accuracy_with_lora, exact_match_accuracy, paired_gain
     from llgbm_jax.models import load_base_model
     from llgbm_jax.peft_io import load_peft_adapter
-    from llgbm_jax.tasks import get_task
+    from llgbm_jax.tasks import get_task, leakage_report
 
-    t_start = time.perf_counter()
+    t_start, compiles = time.perf_counter(), compile_stats.snapshot()
     base_model = base_model or load_base_model(cfg.model)
     manifest = read_manifest(zoo_dir)
-    manifest.update(model=cfg.model, config=json.loads(json.dumps(dataclasses.asdict(cfg), default=list)))
+    manifest.update(model=cfg.model, config=json.loads(json.dumps(dataclasses.asdict(cfg), default=list)),
+                    leakage=leakage_report(data_dir, cfg.tasks))
     base_cache = manifest.setdefault("base_accuracy", {})
     summary = []
 
+    def eval_key(task, records) -> str:
+        gsm8k = task.task_type == "gsm8k"
+        return fingerprint({"questions": list(records[:cfg.eval_samples_for(task)]),
+                            "base_model": model_identity(base_model),
+                            "max_new_tokens": cfg.gsm8k_max_new_tokens if gsm8k else None})
+
+    def is_current(result, details_path, key) -> bool:
+        return (result or {}).get("eval_key") == key and os.path.exists(details_path)
+
     def evaluate(lora, task, records, details_path):
         """Accuracy summary; the per-question hits go to ``details_path`` (for paired comparisons)."""
-        n = cfg.gsm8k_eval_samples if task.task_type == "gsm8k" else cfg.eval_samples
+        n = cfg.eval_samples_for(task)
         res = compute_accuracy_with_lora(lora, base_model, records, task, max_samples=n, return_details=True,
                                          max_new_tokens=cfg.gsm8k_max_new_tokens, show_progress=show_progress)
         write_json_atomic(details_path, res.pop("details"))
         manifest["eval_seconds"] = manifest.get("eval_seconds", 0.0) + res["seconds"]
-        return {k: res[k] for k in ("accuracy", "correct", "total", "parse_failures", "ci95", "seconds")}
+        out = {**{k: res[k] for k in ("accuracy", "correct", "total", "parse_failures", "ci95", "seconds")},
+               "eval_key": eval_key(task, records)}
+        if getattr(task, "exact_match", False):  # the task family: greedy generation judged by exact match too
+            em = exact_match_accuracy(lora, base_model, records, task, max_samples=n, return_details=True,
+                                      show_progress=show_progress)
+            write_json_atomic(details_path.replace(".json", "_exact_match.json"), em.pop("details"))
+            manifest["eval_seconds"] += em["seconds"]
+            out["exact_match"] = {k: em[k] for k in ("accuracy", "correct", "total", "ci95", "seconds", "max_new_tokens")}
+        return out
 
     def hits(path):
         with open(path) as f:
             return [d["correct"] for d in json.load(f)]
 
+    # What every run is started with now: stale run folders are refused (or deleted) before any work.
+    plans, stale = [], {}
     for task_name in cfg.tasks:
-        task = get_task(task_name, data_dir)
-        tcfg = cfg.teacher_for(task_name)
+        task, tcfg = get_task(task_name, data_dir), cfg.teacher_for(task_name)
         train = task.load("train", data_dir)
-        eval_records = task.load("eval", data_dir) if cfg.eval_samples else []
         chunks = chunk_records(train, cfg.runs_per_task, cfg.seed)
-        for run, chunk in enumerate(chunks):
+        seeds = [cfg.seed + 1000 * run + zlib.crc32(task_name.encode()) % 997 for run in range(len(chunks))]
+        for run, (chunk, seed) in enumerate(zip(chunks, seeds)):
+            changes = start_record_changes(os.path.join(zoo_dir, task_name, f"run{run}"),
+                                           start_record(base_model, task, chunk, tcfg, seed))
+            if changes:
+                stale[f"{task_name}/run{run}"] = changes
+        plans.append((task_name, task, tcfg, train, chunks, seeds))
+    if stale and not rebuild_stale:
+        raise StaleRunError(
+            f"zoo {zoo_dir}: {len(stale)} run(s) were started with other data or settings than they would be now:\n"
+            + "\n".join(f"  {name}: " + "; ".join(changes) for name, changes in stale.items())
+            + "\nRetrain them with `python experiments/train_teachers.py --rebuild-stale` (build_zoo(..., "
+            "rebuild_stale=True)), or build into another --zoo-dir.")
+    for name in stale:
+        shutil.rmtree(os.path.join(zoo_dir, name))
+
+    for task_name, task, tcfg, train, chunks, seeds in plans:
+        eval_records = task.load("eval", data_dir) if cfg.eval_samples else []
+        for run, (chunk, seed) in enumerate(zip(chunks, seeds)):
             run_name = f"run{run}"
             run_dir = os.path.join(zoo_dir, task_name, run_name)
             final = os.path.join(run_dir, f"step_{tcfg.steps:05d}")
             if not os.path.exists(os.path.join(final, "metrics.json")):
-                seed = cfg.seed + 1000 * run + zlib.crc32(task_name.encode()) % 997
                 result = train_run(base_model, task, chunk, tcfg, run_dir, seed=seed, show_progress=show_progress,
                                    data_info={"split": "train", "chunk": run, "num_chunks": len(chunks),
                                               "chunk_seed": cfg.seed, "chunk_records": len(chunk),
@@ -354,11 +476,14 @@ def build_zoo(zoo_dir: str, cfg: ZooConfig, *, base_model=None, data_dir: str | 
                 final_metrics = json.load(f)
             base_details = os.path.join(zoo_dir, task_name, "base_test_details.json")
             final_details = os.path.join(final, "test_details.json")
-            if eval_records and not ("test_accuracy" in final_metrics and os.path.exists(final_details)):
-                if task_name not in base_cache or not os.path.exists(base_details):
+            if eval_records:
+                key = eval_key(task, eval_records)
+                if not is_current(base_cache.get(task_name), base_details, key):
                     base_cache[task_name] = evaluate(None, task, eval_records, base_details)
-                final_metrics["test_accuracy"] = evaluate(load_peft_adapter(final), task, eval_records, final_details)
-                write_json_atomic(os.path.join(final, "metrics.json"), final_metrics)
+                if not is_current(final_metrics.get("test_accuracy"), final_details, key):
+                    final_metrics["test_accuracy"] = evaluate(load_peft_adapter(final), task, eval_records,
+                                                              final_details)
+                    write_json_atomic(os.path.join(final, "metrics.json"), final_metrics)
             entries = []
             for step in tcfg.save_steps():
                 rel = os.path.relpath(os.path.join(run_dir, f"step_{step:05d}"), zoo_dir)
@@ -371,12 +496,16 @@ def build_zoo(zoo_dir: str, cfg: ZooConfig, *, base_model=None, data_dir: str | 
             manifest["adapters"] = [a for a in manifest["adapters"]
                                     if (a["task"], a["run"]) != (task_name, run_name)] + entries
             write_json_atomic(os.path.join(zoo_dir, "manifest.json"), manifest)
-            if "test_accuracy" in final_metrics:
+            if eval_records:
                 acc = final_metrics["test_accuracy"]
                 summary.append({"task": task_name, "run": run_name, "n": acc["total"],
                                 "base": base_cache[task_name]["accuracy"], "teacher": acc["accuracy"],
                                 "teacher_ci95": acc["ci95"], **paired_gain(hits(base_details), hits(final_details))})
+                if "exact_match" in acc:
+                    summary[-1].update(base_exact_match=base_cache[task_name]["exact_match"]["accuracy"],
+                                       teacher_exact_match=acc["exact_match"]["accuracy"])
     manifest["summary"] = summary
     manifest["seconds"] = manifest.get("seconds", 0.0) + time.perf_counter() - t_start
+    manifest["compiled_programs"] = (compile_stats.snapshot() - compiles).programs
     write_json_atomic(os.path.join(zoo_dir, "manifest.json"), manifest)
     return manifest

@@ -87,6 +87,31 @@ def hf_logits(model, ids, mask) -> np.ndarray:
     return hf_forward(model, ids, mask)[0]
 
 
+@pytest.fixture(scope="module")
+def torch_one_thread():
+    """The reference runs with one torch thread: on this shared 2-core machine two threads oversubscribe
+    the cores and slow transformers' small ops (generation, short forwards) down several-fold. Results
+    are unaffected beyond summation order."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def torch_option_logliks(model, tok, prompt: str, options) -> list[float]:
+    """transformers' summed log-probability of each answer string after ``prompt``: full forwards of
+    prompt + answer (right padded), log-softmax in float64 over the answer's tokens."""
+    p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
+    seqs = [tok(prompt + o, add_special_tokens=False)["input_ids"] for o in options]
+    assert all(s[:len(p_ids)] == p_ids for s in seqs)
+    width = max(len(s) for s in seqs)
+    ids = torch.tensor([s + [0] * (width - len(s)) for s in seqs])
+    mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.double(), -1)
+    return [float(sum(logp[i, n - 1, s[n]] for n in range(len(p_ids), len(s)))) for i, s in enumerate(seqs)]
+
+
 # PEFT loading in tests: any warning is an error and the key sets must match exactly.
 from llgbm_jax.reference import load_peft_strict as load_in_peft  # noqa: E402,F401  (used by the tests)
 

@@ -15,7 +15,7 @@ import pytest
 from conftest import hf_forward, hf_generate, make_tiny_torch_model, max_diff_real, padded_batch
 
 from llgbm_jax.models import BaseModel, load_base_model
-from llgbm_jax.models import decoder
+from llgbm_jax.models import attention, decoder
 
 TOL = 1e-4
 LENGTHS = [5, 11, 1, 8]  # one full row, one single-token row
@@ -67,7 +67,7 @@ def test_llama_variants_match_transformers(variant, tmp_path):
 
 @pytest.mark.parametrize("side", ["left", "right"])
 def test_long_padded_batch_matches_transformers(tiny_model, ours, side):
-    """Sequences longer than `decoder.QUERY_CHUNK` (attention in query chunks, the last one partial)."""
+    """Sequences longer than `attention.QUERY_CHUNK` (attention in query chunks, the last one partial)."""
     family, model, _ = tiny_model
     lengths = [150, 97, 3]
     ids, mask = padded_batch(np.random.RandomState(2), lengths, 150, ours.config.vocab_size, side)
@@ -77,7 +77,7 @@ def test_long_padded_batch_matches_transformers(tiny_model, ours, side):
 
 
 def test_query_chunks_equal_one_softmax():
-    """`_attend` in query chunks equals one softmax over all keys, with a cache block before the new
+    """`attend_chunked` in query chunks equals one softmax over all keys, with a cache block before the new
     tokens' causal block (as when a prompt continues from a KV cache)."""
     rng = np.random.RandomState(0)
     b, s, t, h, kv, d = 2, 37, 9, 6, 2, 8
@@ -87,9 +87,10 @@ def test_query_chunks_equal_one_softmax():
     cache_allowed = jnp.asarray(np.broadcast_to(rng.rand(b, 1, t) > 0.3, (b, s, t)))
     causal = jnp.asarray(np.tril(np.ones((s, s), bool))[None] & (rng.rand(b, 1, s) > 0.2))
     blocks = [(*cache, cache_allowed), (*new, causal)]
-    whole = np.asarray(decoder._attend(q, blocks, query_chunk=s))
+    whole = np.asarray(attention.attend_chunked(q, blocks, query_chunk=s))
     for chunk in (1, 8, 16, 36):
-        np.testing.assert_allclose(np.asarray(decoder._attend(q, blocks, query_chunk=chunk)), whole, rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(np.asarray(attention.attend_chunked(q, blocks, query_chunk=chunk)), whole, rtol=1e-6,
+                                   atol=1e-6)
 
 
 @pytest.mark.parametrize("side", ["left", "right"])

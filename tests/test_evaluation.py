@@ -14,12 +14,14 @@ import jax
 import numpy as np
 import pytest
 import torch
-from conftest import DATA_DIR
+from conftest import DATA_DIR, torch_option_logliks
 
 from llgbm_jax import evaluation as ev
 from llgbm_jax.lora import LoRAConfig, init_lora, stack_loras, zeros_lora
 from llgbm_jax.models import load_base_model
 from llgbm_jax.tasks import get_task
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 # --- fast: tiny models -----------------------------------------------------------------------------------
@@ -148,44 +150,23 @@ def test_paired_gain():
 
 # --- slow: SmolLM2-135M-Instruct against transformers ------------------------------------------------------
 
-@pytest.fixture(scope="module", autouse=True)
-def _torch_one_thread():
-    """The reference runs with one torch thread: on this shared 2-core machine two threads oversubscribe
-    the cores and slow transformers' small ops (generation) down several-fold. Results are unaffected
-    beyond summation order."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _examples(name: str, n: int = 20) -> list[dict]:
     records = get_task(name).load("eval", DATA_DIR)
-    if name != "arc_e":
+    if name not in ("arc_e", "arc_e_cloze"):
         return records[:n]
-    # ARC-e: the first 16, plus questions labelled 1-4, one with an option E, and one with only three options.
-    opts = [get_task("arc_e").options(r) for r in records]
+    # ARC-e: the first 16, plus questions labelled 1-4, one with an option E, and one with only three options
+    # (the cloze form has the same questions in the same order).
+    opts = [get_task("arc_e").options(r) for r in get_task("arc_e").load("eval", DATA_DIR)]
     special = ([i for i, o in enumerate(opts) if o[0] == "[1]"][:2] + [i for i, o in enumerate(opts) if "[E]" in o][:1]
                + [i for i, o in enumerate(opts) if len(o) == 3][:1])
     return records[:n - len(special)] + [records[i] for i in special]
 
 
-def _torch_option_logliks(model, tok, prompt: str, options) -> list[float]:
-    """Sum of log-softmax over the answer tokens, from full forwards of prompt+answer (right-padded)."""
-    p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
-    seqs = [tok(prompt + o, add_special_tokens=False)["input_ids"] for o in options]
-    assert all(s[:len(p_ids)] == p_ids for s in seqs)
-    width = max(len(s) for s in seqs)
-    ids = torch.tensor([s + [0] * (width - len(s)) for s in seqs])
-    mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs])
-    with torch.no_grad():
-        logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.double(), -1)
-    return [float(sum(logp[i, n - 1, s[n]] for n in range(len(p_ids), len(s)))) for i, s in enumerate(seqs)]
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["arc_e", "boolq", "obqa"])
+@pytest.mark.parametrize("name", ["arc_e", "boolq", "obqa", "arc_e_cloze", "obqa_cloze"])
 def test_option_loglik_matches_transformers(smollm2, smollm2_torch, name):
+    """Letter, yes/no and cloze scoring (answer texts of several tokens, no system message: the
+    template's own) against transformers' full forwards of prompt + answer."""
     model, tok = smollm2_torch
     task = get_task(name)
     records = _examples(name)
@@ -193,10 +174,11 @@ def test_option_loglik_matches_transformers(smollm2, smollm2_torch, name):
                                         return_details=True)
     assert res["total"] == 20 and res["parse_failures"] == 0 and res["boundary_merges"] == 0
     for r, d in zip(records, res["details"]):
-        msgs = [{"role": "system", "content": r["system"]}, {"role": "user", "content": r["prompt"]}]
+        msgs = ([{"role": "system", "content": r["system"]}] if "system" in r else []) + [
+            {"role": "user", "content": r["prompt"]}]
         prompt = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
         assert prompt == task.format_prompt(r, smollm2)
-        ref = _torch_option_logliks(model, tok, prompt, d["options"])
+        ref = torch_option_logliks(model, tok, prompt, d["options"])
         np.testing.assert_allclose(d["logprobs"], ref, atol=1e-3, rtol=0)
         assert d["pred"] == d["options"][int(np.argmax(ref))]
         lengths = np.array([len(o) for o in d["options"]])

@@ -7,9 +7,12 @@ import os
 import runpy
 import sys
 
+import collections
+
+import numpy as np
 import pytest
 
-from conftest import DATA_DIR
+from conftest import DATA_DIR, hf_generate, torch_option_logliks
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -24,24 +27,43 @@ def _run_script(name: str, argv: list[str]):
 
 
 @pytest.mark.slow
-def test_generate_script_prints_answers(smollm2, capsys):
+def test_generate_script_prints_answers(smollm2, smollm2_torch, torch_one_thread, capsys):
+    """The printed answer is transformers' greedy continuation of the same chat prompt."""
     _run_script("generate.py", ["--prompt", "What is 2+2?", "--max-new-tokens", "8"])
     out = capsys.readouterr().out
-    assert "> What is 2+2?" in out
-    answer = out.split("> What is 2+2?\n", 1)[1].split("\n", 1)[0]
-    assert answer.strip(), "no generated text"
+    answer = out.split("> What is 2+2?\n", 1)[1].split("\n\n1 prompts x 8 new tokens", 1)[0]
+    model, tok = smollm2_torch
+    ids = np.asarray([tok(smollm2.chat_prompt("What is 2+2?"), add_special_tokens=False)["input_ids"]])
+    new = hf_generate(model, ids, np.ones_like(ids), 8, pad_token_id=smollm2.pad_token_id,
+                      eos_token_id=list(smollm2.eos_token_ids))[0].tolist()
+    cut = next((i for i, t in enumerate(new) if t in smollm2.eos_token_ids), len(new))
+    assert answer == tok.decode(new[:cut], skip_special_tokens=True) and cut > 0
 
 
 @pytest.mark.slow
-def test_eval_base_writes_table_and_json(smollm2, tmp_path, capsys):
+def test_eval_base_writes_table_and_json(smollm2, smollm2_torch, torch_one_thread, tmp_path, capsys):
     out_file = tmp_path / "base.json"
     _run_script("eval_base.py", ["--tasks", "arc_e", "boolq", "--max-samples", "6", "--data-dir", DATA_DIR,
                                  "--out", str(out_file), "--no-progress"])
     printed = capsys.readouterr().out
     assert "ARC-e throughput" in printed and "majority" in printed
     result = json.loads(out_file.read_text())
+    # The same numbers from an independent computation: transformers' option log-likelihoods on the
+    # same 6 questions, and the answer counts of the records.
+    from llgbm_jax.evaluation import wilson_interval
+    from llgbm_jax.tasks import get_task
+
+    model, tok = smollm2_torch
     for name in ("arc_e", "boolq"):
-        r = result["tasks"][name]
-        assert r["total"] == 6 and 0 <= r["correct"] <= 6 and r["parse_failures"] == 0
-        assert r["ci95"][0] <= r["accuracy"] <= r["ci95"][1]
-        assert 0 < r["majority_baseline"] <= 1
+        r, task = result["tasks"][name], get_task(name)
+        records = task.load("eval", DATA_DIR)[:6]
+        correct = 0
+        for rec in records:
+            options = task.options(rec)
+            scores = torch_option_logliks(model, tok, task.format_prompt(rec, smollm2), options)
+            correct += options[int(np.argmax(scores))] == rec["response"].strip()
+        counts = collections.Counter(rec["response"].strip() for rec in records)
+        label, n = counts.most_common(1)[0]
+        assert (r["total"], r["correct"], r["parse_failures"]) == (6, correct, 0)
+        assert r["accuracy"] == correct / 6 and r["ci95"] == list(wilson_interval(correct, 6))
+        assert (r["majority_label"], r["majority_baseline"]) == (label, n / 6)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -13,7 +15,7 @@ import textwrap
 import jax
 import numpy as np
 import pytest
-from conftest import make_tiny_torch_model, padded_batch
+from conftest import hf_forward, make_tiny_torch_model, max_diff_real, padded_batch
 from safetensors.numpy import load_file, save_file
 
 from llgbm_jax.models import load_base_model
@@ -207,3 +209,125 @@ def test_convert_cli_help_subprocess():
     out = subprocess.run([sys.executable, os.path.join(REPO, "convert", "hf_to_jax.py"), "--help"],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "--dtype" in out.stdout, out.stderr
+
+
+# --- GGUF rope scaling ---------------------------------------------------------------------------
+
+LLAMA3_ROPE = dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                   original_max_position_embeddings=64)
+
+
+def llama_cpp_rope_freqs(head_dim: int, theta: float, scaling: dict) -> np.ndarray:
+    """The ``rope_freqs`` tensor llama.cpp's convert_hf_to_gguf.py writes for "llama3" scaling
+    (per-frequency divisors), written out here as that converter computes it."""
+    import math
+
+    freqs = 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.float32) / head_dim))
+    old, factor = scaling["original_max_position_embeddings"], scaling["factor"]
+    low, high = scaling["low_freq_factor"], scaling["high_freq_factor"]
+    low_wavelen, high_wavelen = old / low, old / high
+    factors = []
+    for freq in freqs:
+        wavelen = 2 * math.pi / freq
+        if wavelen < high_wavelen:
+            factors.append(1)
+        elif wavelen > low_wavelen:
+            factors.append(factor)
+        else:
+            smooth = (old / wavelen - low) / (high - low)
+            factors.append(1 / ((1 - smooth) / factor + smooth))
+    return np.asarray(factors, np.float32)
+
+
+def write_gguf(path, torch_model, keys=(), tensors=()) -> str:
+    """A float32 llama GGUF of ``torch_model`` as llama.cpp's converter lays it out (q/k rows permuted
+    for its rotary pairs), plus extra ``keys`` (``(writer method, *args)``) and ``tensors``."""
+    import gguf
+
+    c = torch_model.config
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_block_count(c.num_hidden_layers)
+    w.add_embedding_length(c.hidden_size)
+    w.add_feed_forward_length(c.intermediate_size)
+    w.add_head_count(c.num_attention_heads)
+    w.add_head_count_kv(c.num_key_value_heads)
+    w.add_layer_norm_rms_eps(c.rms_norm_eps)
+    w.add_rope_freq_base(10000.0)
+    w.add_rope_dimension_count(c.hidden_size // c.num_attention_heads)
+    w.add_vocab_size(c.vocab_size)
+    for method, *args in keys:
+        getattr(w, method)(*args)
+    sd = {k: v.detach().numpy().astype(np.float32) for k, v in torch_model.state_dict().items()}
+
+    def permute(x, heads):
+        return x.reshape(heads, 2, x.shape[0] // heads // 2, *x.shape[1:]).swapaxes(1, 2).reshape(x.shape)
+
+    names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
+             "lm_head.weight": "output.weight"}
+    layer = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm", "self_attn.q_proj": "attn_q",
+             "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output",
+             "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
+    for name, x in sd.items():
+        if name in names:
+            w.add_tensor(names[name], x)
+            continue
+        _, _, i, rest = name.split(".", 3)
+        module = rest.rsplit(".", 1)[0]
+        if module == "self_attn.q_proj":
+            x = permute(x, c.num_attention_heads)
+        elif module == "self_attn.k_proj":
+            x = permute(x, c.num_key_value_heads)
+        w.add_tensor(f"blk.{i}.{layer[module]}.weight", x)
+    for name, x in tensors:
+        w.add_tensor(name, x)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return str(path)
+
+
+@pytest.mark.parametrize("scaling", ["llama3", "linear"])
+def test_gguf_rope_scaling_matches_transformers(tmp_path, scaling):
+    """A GGUF with rope scaling as llama.cpp writes it (Llama 3.1+: a ``rope_freqs`` tensor; linear:
+    ``rope.scaling.type``/``.factor``) gives transformers' logits of the same model with that scaling in
+    its config.json (transformers' own GGUF loader ignores these keys, so it is not the reference here)."""
+    import gguf
+
+    from llgbm_jax.models import decoder, gguf_file
+
+    rope = LLAMA3_ROPE if scaling == "llama3" else dict(rope_type="linear", factor=4.0)
+    model = make_tiny_torch_model("llama", seed=4, rope_scaling=rope)
+    head_dim = model.config.hidden_size // model.config.num_attention_heads
+    if scaling == "llama3":
+        extra = dict(tensors=[("rope_freqs.weight", llama_cpp_rope_freqs(head_dim, 10000.0, rope))])
+    else:
+        extra = dict(keys=[("add_rope_scaling_type", gguf.RopeScalingType.LINEAR), ("add_rope_scaling_factor", 4.0)])
+    config, params = gguf_file.load_gguf(write_gguf(tmp_path / "m.gguf", model, **extra))
+    assert config.rope_scaling is not None
+    ids, mask = padded_batch(np.random.RandomState(5), [200, 90], 200, config.vocab_size, "left")
+    ref, _ = hf_forward(model, ids, mask)
+    got = np.asarray(decoder.logits(params, config, ids, mask))
+    unscaled = np.asarray(decoder.logits(params, dataclasses.replace(config, rope_scaling=None), ids, mask))
+    diff, ignored = max_diff_real(got, ref, mask), max_diff_real(unscaled, ref, mask)
+    print(f"{scaling}: max |logit diff| {diff:.1e}; with the scaling ignored {ignored:.1e}")
+    assert diff <= 1e-4 and ignored > 1e-2
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("add_rope_scaling_type", "yarn", "llama.rope.scaling.type"),
+    ("add_rope_scaling_attn_factors", 0.5, "llama.rope.scaling.attn_factor"),
+    ("add_rope_scaling_yarn_beta_fast", 32.0, "llama.rope.scaling.yarn_beta_fast"),
+    ("add_rope_scaling_factor", 2.0, "llama.rope.scaling.factor"),  # a factor with no scaling type
+])
+def test_gguf_rope_keys_we_cannot_apply_are_refused(tmp_path, key, value, message):
+    import gguf
+
+    from llgbm_jax.models import gguf_file
+
+    if key == "add_rope_scaling_type":
+        value = gguf.RopeScalingType.YARN
+    path = write_gguf(tmp_path / "m.gguf", make_tiny_torch_model("llama"), keys=[(key, value)])
+    with pytest.raises(ValueError, match=re.escape(message)) as e:
+        gguf_file.load_gguf(path)
+    assert path in str(e.value)

@@ -1,7 +1,8 @@
 """The embedded SmolLM2-135M-Instruct (GGUF) against transformers' PyTorch model on the same GGUF file.
 
 Tolerances (float32): logits within 1e-3 at every real position with identical argmax; tokenizer ids
-and 32 greedy tokens identical; dequantized weights bitwise identical.
+and 32 greedy tokens identical; dequantized weights bitwise identical. bfloat16: no further from
+transformers' float32 logits than transformers' own bfloat16 (mean and max |difference|, argmax agreement).
 """
 
 from __future__ import annotations
@@ -95,3 +96,53 @@ def test_greedy_generation_matches_transformers(smollm2, smollm2_torch, batch):
     is_eos = np.isin(got, smollm2.eos_token_ids)
     stops = set(np.where(is_eos.any(-1), is_eos.argmax(-1), n).tolist())
     assert len(stops) > 1 and min(stops) < n - 1  # rows stop at EOS at different steps: per-row stopping is exercised
+
+
+def _logit_error(logits, ref, mask) -> dict[str, float]:
+    real = mask.astype(bool)
+    d = np.abs(np.asarray(logits, np.float32) - ref)[real]
+    return {"mean": float(d.mean()), "max": float(d.max()),
+            "argmax": float((np.asarray(logits).argmax(-1) == ref.argmax(-1))[real].mean())}
+
+
+def test_bfloat16_no_further_from_float32_than_transformers_bfloat16(smollm2, smollm2_torch, batch, torch_one_thread):
+    """Ours in bfloat16 and transformers in bfloat16 (the same bf16 weights), both against transformers in
+    float32: ours is no further, per logit (mean and max |difference|) and in argmax agreement. Ours keeps
+    norms, rotary angles, attention softmax and logits in float32; transformers rounds each to bf16.
+    Also printed: ours with transformers' RMSNorm rounding (normalised input and weight multiply in bf16
+    instead of one float32 multiply), to show which rounding is closer (README, "The base model")."""
+    import copy
+
+    import jax
+    import jax.numpy as jnp
+    import torch
+
+    from llgbm_jax.models import BaseModel, decoder, load_base_model
+
+    model, _ = smollm2_torch
+    ids, mask = batch
+    ref, _ = hf_forward(model, ids.astype(np.int64), mask.astype(np.int64))
+    torch_bf16 = copy.deepcopy(model).to(torch.bfloat16)
+    ours_bf16 = load_base_model("smollm2-135m-instruct", dtype="bfloat16")
+    np.testing.assert_array_equal(np.asarray(ours_bf16.params["embed"], np.float32),
+                                  torch_bf16.model.embed_tokens.weight.detach().float().numpy())  # same weights
+    theirs = _logit_error(hf_forward(torch_bf16, ids.astype(np.int64), mask.astype(np.int64))[0], ref, mask)
+    ours = _logit_error(ours_bf16.logits(ids, mask), ref, mask)
+
+    def rms_norm_as_transformers(x, weight, eps):
+        xf = x.astype(jnp.float32)
+        return weight.astype(x.dtype) * (xf * jax.lax.rsqrt(jnp.mean(xf * xf, -1, keepdims=True) + eps)).astype(x.dtype)
+
+    real_rms_norm, decoder.rms_norm = decoder.rms_norm, rms_norm_as_transformers
+    try:
+        variant = _logit_error(BaseModel(ours_bf16.config, ours_bf16.params, ours_bf16.tokenizer).logits(ids, mask),
+                               ref, mask)
+    finally:
+        decoder.rms_norm = real_rms_norm
+    print(f"\nbfloat16 vs transformers float32, {int(mask.sum())} positions "
+          f"(max |logit| {np.abs(ref[mask > 0]).max():.1f}):")
+    for name, e in (("ours", ours), ("transformers", theirs), ("ours, RMSNorm rounded as transformers", variant)):
+        print(f"  {name:<38} mean |diff| {e['mean']:.4f}  max |diff| {e['max']:.3f}  "
+              f"argmax agreement {e['argmax']:.1%}")
+    assert ours["mean"] <= theirs["mean"] and ours["max"] <= theirs["max"] and ours["argmax"] >= theirs["argmax"]
+    assert ours["mean"] > 1e-3  # really bfloat16: float32 is within 1e-3 at every position

@@ -45,10 +45,25 @@ def test_gsm8k_split_ranges_disjoint():
     raw = _raw("GSM8K.json")
     task = get_task("gsm8k")
     train, ev = task.load("train", DATA_DIR), task.load("eval", DATA_DIR)
-    assert train == raw[:1000] and ev == raw[1000:1319]
-    assert not {r["prompt"] for r in train} & {r["prompt"] for r in ev}
+    # One file split by index; the question-text check applies here too (it removes none of these).
+    held_out = {_question(e) for e in ev}
+    assert ev == raw[1000:1319] and train == [r for r in raw[:1000] if _question(r) not in held_out]
     with pytest.raises(ValueError, match="overlaps"):
         tasks.Task("x", "gsm8k", "GSM8K.json", None, train_range=(0, 1000), eval_range=(999, 1319))
+
+
+def _question(record) -> str:
+    """The leakage rule, written independently of `tasks._content_key`: the prompt without option lines
+    ("A: ..", "1: ..") and "Please answer the question .." lines, lower-cased, punctuation and
+    whitespace runs made single spaces."""
+    lines = [line for line in record["prompt"].splitlines() if not re.match(r"\s*([A-Z]|[1-9])\s*:\s", line)
+             and not line.lower().startswith("please answer the question")]
+    return " ".join("".join(c if c.isalnum() or c == "_" else " " for c in " ".join(lines).lower()).split())
+
+
+# Training records the question-text rule removes from the public splits (a few questions of the
+# test files recur in the train files, often with other or shuffled options).
+LEAKED = {"arc_e": 8, "arc_e_cloze": 8, "boolq": 0, "obqa": 6, "obqa_cloze": 6, "gsm8k": 0}
 
 
 @pytest.mark.parametrize("name", ["arc_e", "boolq", "obqa", "obqa_cloze"])
@@ -56,16 +71,43 @@ def test_test_files_never_used_as_train(name):
     task = get_task(name)
     assert "test" not in task.split_file("train").lower() and "test" in task.split_file("eval").lower()
     train, ev = task.load("train", DATA_DIR), task.load("eval", DATA_DIR)
-    raw_train = _raw(task.train_file)
-    # Training records are the train file minus any question that also appears in the test file
-    # (the public splits share a few: ARC-e 3, OBQA 2 with shuffled options); never a test record.
-    raw_eval = _raw(task.eval_file)
+    raw_train, raw_eval = _raw(task.train_file), _raw(task.eval_file)
+    # Training records are the train file minus every record whose question is a test question,
+    # whatever its options; never a test record.
+    held_out = {_question(r) for r in raw_eval}
+    expected = [r for r in raw_train if _question(r) not in held_out]
     if task.task_type == "cloze":
-        raw_train, raw_eval = ([tasks.mcq_to_cloze(r) for r in rs] for rs in (raw_train, raw_eval))
-    assert all(r in raw_train for r in train) and len(raw_train) - len(train) <= 10
-    keys = {tasks._content_key(r) for r in ev}
-    assert not [r for r in train if tasks._content_key(r) in keys]
-    assert ev == raw_eval
+        expected, raw_eval = ([tasks.mcq_to_cloze(r) for r in rs] for rs in (expected, raw_eval))
+    assert train == expected and ev == raw_eval
+    assert len(raw_train) - len(train) == LEAKED[name] == tasks.leakage_report(DATA_DIR, [name])[name]["removed"]
+
+
+def test_leakage_report_counts():
+    report = tasks.leakage_report(DATA_DIR)
+    assert {n: r["removed"] for n, r in report.items() if n in LEAKED} == LEAKED
+    assert all(r["kept"] == r["train_records"] - r["removed"] for r in report.values())
+
+
+def test_strict_leakage_rule_ignores_options_case_and_punctuation(tmp_path):
+    """A training record whose question is an evaluation question is dropped whatever its options, case,
+    whitespace or punctuation, also in a one-file task split by index (GSM8K's layout)."""
+    mcq = lambda q, opts, a="[A]": {"prompt": q + "".join(f"\n{l}: {o}" for l, o in zip("ABCD", opts)),
+                                    "response": a, "system": "s"}
+    test = [mcq("Which gas do plants absorb?", ["oxygen", "carbon dioxide"], "[B]")]
+    train = [mcq("which gas do  plants absorb", ["nitrogen", "helium", "argon"]),  # other options
+             mcq("Which gas do plants absorb?\nPlease answer the question choosing from A/B.",
+                 ["oxygen", "carbon dioxide"]),
+             mcq("Which gas do animals absorb?", ["oxygen", "carbon dioxide"])]
+    (tmp_path / "toy_train.json").write_text(json.dumps(train))
+    (tmp_path / "toy_test.json").write_text(json.dumps(test))
+    assert get_task("toy", str(tmp_path)).load("train", str(tmp_path)) == train[2:]
+    sums = [{"prompt": q, "response": f"... #### {i}"} for i, q in enumerate(
+        ["Tom has 3 apples. How many?", "tom has 3 apples; how many", "Ann has 2 pears. How many?"])]
+    (tmp_path / "one.json").write_text(json.dumps(sums))
+    one = tasks.Task("one", "gsm8k", "one.json", None, train_range=(0, 2), eval_range=(2, 3))
+    assert one.load("train", str(tmp_path)) == sums[:2]
+    one = tasks.Task("one", "gsm8k", "one.json", None, train_range=(1, 3), eval_range=(0, 1))
+    assert one.load("train", str(tmp_path)) == sums[2:]
 
 
 @pytest.mark.parametrize("name", REGISTERED)

@@ -7,8 +7,12 @@
   adapters as an uninterrupted one (and really resumed: only the missing steps ran).
 - Exported adapters load in ``PeftModel.from_pretrained`` with no warnings and exactly our keys, giving
   our logits within 1e-4 (tiny) / 1e-3 (SmolLM2-135M, slow test).
-- `build_zoo` writes a manifest of every adapter and the base/teacher accuracies; a second call trains
-  and evaluates nothing.
+- A run records what it was started with (configuration, seed, base model, fingerprint of its exact
+  training records) and refuses a resume that differs, naming what changed.
+- `build_zoo` writes a manifest of every adapter and the base/teacher accuracies (each per-question
+  result equal to transformers' + PEFT's option scores); a second call trains and evaluates nothing;
+  fewer held-out questions re-score base and teachers on the same ones; a zoo whose runs' training
+  data changed (the leakage rule removing a record) is refused, naming the runs, and rebuilt on request.
 """
 
 from __future__ import annotations
@@ -24,9 +28,10 @@ import jax
 import numpy as np
 import pytest
 import torch
-from conftest import DATA_DIR, hf_logits, load_in_peft, make_tiny_torch_model, max_diff_real
+from conftest import DATA_DIR, hf_logits, load_in_peft, make_tiny_torch_model, max_diff_real, torch_option_logliks
 
-from llgbm_jax import optim, teachers
+from llgbm_jax import evaluation as ev
+from llgbm_jax import optim, tasks, teachers
 from llgbm_jax.lora import LoRAConfig, init_lora
 from llgbm_jax.models import BaseModel, load_base_model
 from llgbm_jax.peft_io import load_peft_adapter, save_peft_adapter
@@ -183,12 +188,20 @@ def test_chunks_and_save_steps():
     assert teachers.TeacherConfig().save_steps() == [50, 60, 70, 80, 90, 100, 110, 120]
     assert SHORT.save_steps() == [4, 6]
     cpu = teachers.PRESETS["cpu"]
-    assert cpu.teacher_for("gsm8k").save_steps() == list(range(22, 65, 6))
+    assert cpu.teacher_for("gsm8k").save_steps() == list(range(10, 25, 2))
     assert cpu.teacher_for("arc_e_cloze").save_steps() == list(range(26, 97, 10))
-    assert cpu.teacher_for("boolq").save_steps() == list(range(44, 129, 12))
+    assert cpu.teacher_for("boolq").save_steps() == list(range(10, 25, 2))
+    assert cpu.teacher_for("fam_add_2").save_steps() == list(range(10, 25, 2))
     assert cpu.teacher_for("gsm8k").batch_size == 4 and cpu.teacher_for("arc_e_cloze").batch_size == 8
-    # The issue's minimum: at least 4 tasks x 8 adapters.
-    assert len(cpu.tasks) >= 4 and all(len(cpu.teacher_for(t).save_steps()) * cpu.runs_per_task >= 8 for t in cpu.tasks)
+    # Scored questions: 400 for ARC-e (the real-data task with a gain), 64 for the others, 16 for GSM8K.
+    n = {t: cpu.eval_samples_for(get_task(t)) for t in cpu.tasks}
+    assert n["arc_e_cloze"] == 400 and n["gsm8k"] == 16 and n["boolq"] == n["fam_add_2"] == 64
+    # At least 4 real-data tasks and 8 family tasks of at least 3 kinds, each with 8 adapters.
+    from llgbm_jax.task_family import family_task_names, kind_of
+
+    family = [t for t in cpu.tasks if t in family_task_names()]
+    assert len(cpu.tasks) - len(family) >= 4 and len(family) >= 8 and len({kind_of(t) for t in family}) >= 3
+    assert all(len(cpu.teacher_for(t).save_steps()) * cpu.runs_per_task >= 8 for t in cpu.tasks)
     with pytest.raises(ValueError, match="do not fit"):
         teachers.TeacherConfig(steps=40, warmup_steps=10, save_every=10, adapters_per_run=4).save_steps()
 
@@ -249,6 +262,38 @@ def test_killed_and_resumed_run_gives_the_same_adapters(tiny, arc_e, tmp_path, m
     assert read_json(os.path.join(part_dir, "history.json")) == whole.history
 
 
+def test_resume_refused_when_the_start_differs(tiny, arc_e, tmp_path, monkeypatch):
+    """A run folder remembers what its run was started with (configuration, seed, records, base model);
+    resuming it with anything else is refused, naming what changed, before a step runs."""
+    _, ours = tiny
+    task, train = arc_e
+    run_dir = str(tmp_path / "run")
+    teachers.train_run(ours, task, train[:30], SHORT, run_dir, seed=5, show_progress=False, stop_after=2)
+    record = read_json(os.path.join(run_dir, teachers.START_RECORD))
+    assert record == teachers.start_record(ours, task, train[:30], SHORT, 5)
+    assert record["data"] == {"records": 30, "fingerprint": teachers.fingerprint(train[:30])}
+    counter = StepCounter(monkeypatch)
+    changed = train[:29] + [dict(train[29], response="[A]" if train[29]["response"] != "[A]" else "[B]")]
+    for kwargs, names in [
+            (dict(cfg=dataclasses.replace(SHORT, learning_rate=1e-3)), ["teacher.learning_rate: 0.005 -> 0.001"]),
+            (dict(records=train[:29]), ["data.records: 30 -> 29", "data.fingerprint"]),
+            (dict(records=changed), ["data.fingerprint"]),  # same count, one answer changed
+            (dict(seed=6), ["seed: 5 -> 6"]),
+            (dict(model=BaseModel(ours.config, ours.params, ours.tokenizer, name="other")), ["base_model.name"])]:
+        args = {**dict(model=ours, records=train[:30], cfg=SHORT, seed=5), **kwargs}
+        with pytest.raises(teachers.StaleRunError, match="resuming would mix") as e:
+            teachers.train_run(args["model"], task, args["records"], args["cfg"], run_dir, seed=args["seed"],
+                               show_progress=False)
+        assert all(n in str(e.value) for n in names) and str(e.value).count(" -> ") == len(names), str(e.value)
+    assert counter.calls == 0
+    teachers.train_run(ours, task, train[:30], SHORT, run_dir, seed=5, show_progress=False)  # the same start resumes
+    assert counter.calls == SHORT.steps - 2
+    # A run folder from before start records were kept cannot be checked: it counts as changed.
+    os.remove(os.path.join(run_dir, teachers.START_RECORD))
+    assert "missing" in teachers.start_record_changes(run_dir, record)[0]
+    assert teachers.start_record_changes(str(tmp_path / "new"), record) == []
+
+
 def test_exported_adapters_load_in_peft_with_prompts_and_metrics(tiny, arc_e, tmp_path):
     torch_model, ours = tiny
     task, train = arc_e
@@ -266,7 +311,8 @@ def test_exported_adapters_load_in_peft_with_prompts_and_metrics(tiny, arc_e, tm
         metrics = read_json(os.path.join(a["path"], "metrics.json"))
         prompts = read_json(os.path.join(a["path"], "prompts.json"))
         assert metrics["task"] == "arc_e" and metrics["step"] == a["step"] and metrics["seed"] == 2
-        assert metrics["data"] == {"chunk": 0} and metrics["examples"] == 30
+        assert metrics["data"] == {"chunk": 0, "records": 30, "fingerprint": teachers.fingerprint(records),
+                                   "leakage_rule": tasks.LEAKAGE_RULE} and metrics["examples"] == 30
         window = res.history["loss"][a["step"] - SHORT.save_every:a["step"]]
         assert metrics["train_loss"] == pytest.approx(np.mean(window))
         assert len(prompts) == metrics["examples_seen"] == len(set(prompts))
@@ -290,6 +336,19 @@ def small_data(tmp_path):
 def read_json(path):
     with open(path) as f:
         return json.load(f)
+
+
+def check_details(path, torch_model, ours, task, questions) -> list[bool]:
+    """The per-question results saved at ``path`` against transformers' option log-likelihoods
+    (``torch_model``: base or PEFT-wrapped); returns the hits."""
+    details = read_json(path)
+    assert len(details) == len(questions)
+    for d, r in zip(details, questions):
+        ref = torch_option_logliks(torch_model, ours.tokenizer, task.format_prompt(r, ours), task.options(r))
+        np.testing.assert_allclose(d["logprobs"], ref, atol=1e-4, rtol=0)
+        assert d["pred"] == task.options(r)[int(np.argmax(ref))] and d["gold"] == task.answer(r)
+        assert d["correct"] == (d["pred"] == d["gold"])
+    return [int(d["correct"]) for d in details]
 
 
 def zoo_files(zoo_dir):
@@ -321,17 +380,24 @@ def test_build_zoo_manifest_and_no_retraining(tiny, small_data, tmp_path, monkey
     # Runs train on disjoint chunks of the train split.
     seen = [set(read_json(os.path.join(zoo_dir, a["prompts"]))) for a in adapters if a["step"] == 6]
     assert seen[0] and seen[1] and not seen[0] & seen[1]
+    # Every score equals an independent computation: transformers (with PEFT for the teachers) scores
+    # each option of the 6 held-out questions; the saved per-question results are its argmax, and
+    # they add up to the reported accuracies and gains.
+    task, torch_model = get_task("arc_e"), tiny[0]
+    questions = task.load("eval", small_data)[:6]
+    finals = [a for a in adapters if a["step"] == 6]
     base = manifest["base_accuracy"]["arc_e"]
-    assert base["total"] == 6 and 0 <= base["correct"] <= 6
     assert [(s["task"], s["run"], s["n"]) for s in manifest["summary"]] == [("arc_e", "run0", 6), ("arc_e", "run1", 6)]
-    for s, a in zip(manifest["summary"], [a for a in adapters if a["step"] == 6]):
+    b_hits = check_details(os.path.join(zoo_dir, "arc_e", "base_test_details.json"), torch_model, ours, task, questions)
+    assert (base["correct"], base["total"], base["accuracy"]) == (sum(b_hits), 6, sum(b_hits) / 6)
+    for s, a in zip(manifest["summary"], finals):
         acc = a["metrics"]["test_accuracy"]
+        t_hits = check_details(os.path.join(zoo_dir, a["path"], "test_details.json"),
+                               load_in_peft(torch_model, os.path.join(zoo_dir, a["path"])), ours, task, questions)
+        assert (acc["correct"], acc["total"], acc["accuracy"]) == (sum(t_hits), 6, sum(t_hits) / 6)
         assert s["base"] == base["accuracy"] and s["teacher"] == acc["accuracy"] and s["teacher_ci95"] == acc["ci95"]
-        assert acc["total"] == 6 and acc["ci95"][0] <= acc["accuracy"] <= acc["ci95"][1]
-        b_hits = [d["correct"] for d in read_json(os.path.join(zoo_dir, "arc_e", "base_test_details.json"))]
-        t_hits = [d["correct"] for d in read_json(os.path.join(zoo_dir, a["path"], "test_details.json"))]
-        assert sum(b_hits) == base["correct"] and sum(t_hits) == acc["correct"]
-        assert s["gain"] == pytest.approx(acc["accuracy"] - base["accuracy"]) and np.isfinite(s["gain_in_se"])
+        assert s["gain"] == pytest.approx(np.mean(np.subtract(t_hits, b_hits)))
+        assert s["only_new_correct"] == sum(t > b for t, b in zip(t_hits, b_hits))
 
     # The script's report: one table line per run, and the loss curves as a PNG.
     script = runpy.run_path(os.path.join(ROOT, "experiments", "train_teachers.py"))
@@ -347,8 +413,9 @@ def test_build_zoo_manifest_and_no_retraining(tiny, small_data, tmp_path, monkey
     def refuse(*args, **kwargs):
         raise AssertionError("build_zoo retrained or re-evaluated a finished run")
 
+    real_train_run, real_scoring = teachers.train_run, ev.compute_accuracy_with_lora
     monkeypatch.setattr(teachers, "train_run", refuse)
-    monkeypatch.setattr("llgbm_jax.evaluation.compute_accuracy_with_lora", refuse)
+    monkeypatch.setattr(ev, "compute_accuracy_with_lora", refuse)
     again = teachers.build_zoo(zoo_dir, cfg, base_model=ours, data_dir=small_data, show_progress=False)
     assert again["adapters"] == adapters and again["summary"] == manifest["summary"]
     after = zoo_files(zoo_dir)
@@ -368,12 +435,47 @@ def test_build_zoo_manifest_and_no_retraining(tiny, small_data, tmp_path, monkey
     bad = verify(zoo_dir, adapters[:1], ours, tiny[0], tol=1e-4)[0]
     assert not bad["ok"] and "adapter_model.safetensors" in bad["error"]
 
+    # Fewer held-out questions: base and teachers are scored again, on the same 4 questions; nothing retrains.
+    monkeypatch.setattr(ev, "compute_accuracy_with_lora", real_scoring)
+    cfg = dataclasses.replace(cfg, eval_samples=4)
+    four = teachers.build_zoo(zoo_dir, cfg, base_model=ours, data_dir=small_data, show_progress=False)
+    b4 = [int(d["correct"]) for d in read_json(os.path.join(zoo_dir, "arc_e", "base_test_details.json"))]
+    assert four["base_accuracy"]["arc_e"]["total"] == 4 and b4 == b_hits[:4]
+    for s, a in zip(four["summary"], finals):
+        t4 = [int(d["correct"]) for d in read_json(os.path.join(zoo_dir, a["path"], "test_details.json"))]
+        assert s["n"] == len(t4) == 4 and s["gain"] == pytest.approx(np.mean(np.subtract(t4, b4)))
+
+    # New data under the leakage rule: a test question that training record 0 also asks (with other
+    # options) removes that record, so both runs' chunks change and the zoo is stale. It is refused
+    # before anything trains, naming the runs and what changed, and rebuilt on request.
+    train_file, test_file = os.path.join(small_data, "ARC-e_train.json"), os.path.join(small_data, "ARC-e_test.json")
+    first = read_json(train_file)[0]
+    leak = {**first, "prompt": first["prompt"].split("\n")[0].upper() + "\nA: one\nB: two", "response": "[A]"}
+    test_records = read_json(test_file) + [leak]
+    with open(test_file, "w") as f:
+        json.dump(test_records, f)
+    with pytest.raises(teachers.StaleRunError) as e:
+        teachers.build_zoo(zoo_dir, cfg, base_model=ours, data_dir=small_data, show_progress=False)
+    message = str(e.value)
+    assert "arc_e/run0" in message and "arc_e/run1" in message and "--rebuild-stale" in message
+    assert "data.fingerprint" in message and "data.records: 12 -> 11" in message
+    monkeypatch.setattr(teachers, "train_run", real_train_run)
+    rebuilt = teachers.build_zoo(zoo_dir, cfg, base_model=ours, data_dir=small_data, show_progress=False,
+                                 rebuild_stale=True)
+    assert rebuilt["leakage"]["arc_e"] == {"train_records": 24, "removed": 1, "kept": 23}
+    chunks = teachers.chunk_records(get_task("arc_e").load("train", small_data), 2, cfg.seed)
+    assert first not in chunks[0] + chunks[1]
+    for a in rebuilt["adapters"]:
+        assert a["metrics"]["data"]["fingerprint"] == teachers.fingerprint(chunks[int(a["run"][3:])])
+    assert [s["n"] for s in rebuilt["summary"]] == [4, 4]
+
 
 def test_train_teachers_help():
     out = subprocess.run([sys.executable, os.path.join(ROOT, "experiments", "train_teachers.py"), "--help"],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    for flag in ("--preset", "--zoo-dir", "--tasks", "--runs-per-task", "--steps", "--data-dir", "--model"):
+    for flag in ("--preset", "--zoo-dir", "--tasks", "--runs-per-task", "--steps", "--data-dir", "--model",
+                 "--rebuild-stale"):
         assert flag in out.stdout
 
 

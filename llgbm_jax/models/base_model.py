@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from llgbm_jax.models import checkpoint, decoder, gguf_file, hf_folder
+from llgbm_jax.models import attention, checkpoint, decoder, gguf_file, hf_folder
 from llgbm_jax.models.config import ModelConfig
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -40,7 +40,9 @@ def embedded_gguf_path(name: str) -> str:
 
 @dataclasses.dataclass(eq=False)
 class BaseModel:
-    """A loaded decoder. Methods are jitted; ``params`` are passed as arguments, not baked in."""
+    """A loaded decoder. Methods are jitted; ``params`` are passed as arguments, not baked in. Each call
+    reads the mask's padding layout (`attention.padding_for`), so right-padded batches can take a fused
+    attention kernel."""
 
     config: ModelConfig
     params: Any
@@ -49,8 +51,10 @@ class BaseModel:
 
     def __post_init__(self):
         c = self.config
-        self._logits = jax.jit(lambda p, ids, m, lora: decoder.logits(p, c, ids, m, lora))
-        self._hidden = jax.jit(lambda p, ids, m, lora: decoder.forward(p, c, ids, m, lora)[0])
+        self._logits = jax.jit(lambda p, ids, m, lora, pad: decoder.logits(p, c, ids, m, lora, padding=pad),
+                               static_argnums=4)
+        self._hidden = jax.jit(lambda p, ids, m, lora, pad: decoder.forward(p, c, ids, m, lora, padding=pad)[0],
+                               static_argnums=4)
 
     @property
     def dtype(self):
@@ -72,17 +76,19 @@ class BaseModel:
 
     def logits(self, input_ids, attention_mask, lora=None) -> jax.Array:
         """``[batch, seq, vocab]`` float32 logits."""
-        return self._logits(self.params, input_ids, attention_mask, lora)
+        padding = attention.padding_for(attention_mask, self.dtype)
+        return self._logits(self.params, input_ids, attention_mask, lora, padding)
 
     def hidden_states(self, input_ids, attention_mask, lora=None) -> jax.Array:
         """``[batch, seq, hidden]`` after the final norm."""
-        return self._hidden(self.params, input_ids, attention_mask, lora)
+        padding = attention.padding_for(attention_mask, self.dtype)
+        return self._hidden(self.params, input_ids, attention_mask, lora, padding)
 
     def generate(self, input_ids, attention_mask, max_new_tokens: int, lora=None) -> jax.Array:
         """Greedy new tokens ``[batch, max_new_tokens]``, ``pad_token_id`` after each row's EOS."""
         return decoder.generate(self.params, self.config, jnp.asarray(input_ids), jnp.asarray(attention_mask),
                                 lora, max_new_tokens=max_new_tokens, eos_ids=self.eos_token_ids,
-                                pad_id=self.pad_token_id)
+                                pad_id=self.pad_token_id, padding=attention.padding_for(attention_mask, self.dtype))
 
     # --- text helpers -------------------------------------------------------------------------
     def chat_prompt(self, user: str, system: str | None = None) -> str:
@@ -122,7 +128,8 @@ def _looks_like_hub_id(name: str) -> bool:
 def _from_gguf_cached(gguf_path: str, key: str, dtype) -> tuple[ModelConfig, dict, Any]:
     """GGUF → our checkpoint once (dequantize + tokenizer conversion are slow), then load that."""
     st = os.stat(gguf_path)
-    ckpt = os.path.join(cache_dir(), "models", f"{key}-{st.st_size}-{int(st.st_mtime)}")
+    ckpt = os.path.join(cache_dir(), "models",
+                        f"{key}-{st.st_size}-{int(st.st_mtime)}-v{gguf_file.CONVERSION_VERSION}")
     if not checkpoint.is_checkpoint(ckpt):
         config, params = gguf_file.load_gguf(gguf_path, jnp.float32)
         checkpoint.save_checkpoint(ckpt, config, params, gguf_file.load_gguf_tokenizer(gguf_path), source=gguf_path)

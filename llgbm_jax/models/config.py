@@ -53,8 +53,9 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
         d = dict(d)
-        if d.get("rope_scaling"):
-            d["rope_scaling"] = tuple(sorted(d["rope_scaling"].items()))
+        if d.get("rope_scaling"):  # JSON lists back to tuples: the config is hashed as a static jit argument
+            d["rope_scaling"] = tuple(sorted((k, tuple(v) if isinstance(v, list) else v)
+                                             for k, v in d["rope_scaling"].items()))
         d["eos_token_ids"] = tuple(d.get("eos_token_ids") or ())
         return cls(**d)
 

@@ -8,6 +8,7 @@ weights stacked on a leading layer axis and run under `jax.lax.scan`:
                 "q_bias", "k_bias", "v_bias": [L, out] (Qwen2), "q_norm", "k_norm": [L, D] (Qwen3)}}
 
 Matmuls run in the parameters' dtype; norms, rotary angles, attention scores and softmax in float32.
+Which attention kernel runs (chunked matmuls, cuDNN, splash) is decided in `llgbm_jax.models.attention`.
 A `LoRA` passed as ``lora=`` adds ``scaling * (x @ Aᵀ) @ Bᵀ`` beside each target projection (low rank,
 never merged; per-layer scalings as `LoRA.scales`); with a leading adapter axis, row i of the batch
 uses adapter i.
@@ -24,9 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from llgbm_jax.lora import LoRA, check_lora, layer_slices
+from llgbm_jax.models import attention
 from llgbm_jax.models.config import ModelConfig
-
-_NEG = -1e30  # finite mask value: a fully masked (padding) query row gives uniform weights, not NaN
 
 
 class KVCache(NamedTuple):
@@ -62,6 +62,8 @@ def rope_inv_freq(config: ModelConfig) -> np.ndarray:
         return inv.astype(np.float32)
     if kind == "linear":
         return (inv / scaling["factor"]).astype(np.float32)
+    if kind == "freq_factors":  # per-frequency divisors: a GGUF file's rope_freqs tensor (gguf_file._rope_scaling)
+        return (inv / np.asarray(scaling["factors"], np.float32)).astype(np.float32)
     if kind == "llama3":
         factor, lo, hi = scaling["factor"], scaling["low_freq_factor"], scaling["high_freq_factor"]
         old = scaling["original_max_position_embeddings"]
@@ -125,53 +127,10 @@ def _lora_term_bwd(per_row, res, g):
 _lora_term.defvjp(_lora_term_fwd, _lora_term_bwd)
 
 
-QUERY_CHUNK = 32
-
-
-def _attend(q, blocks, query_chunk: int = QUERY_CHUNK):
-    """Grouped-query attention of q ``[B,S,H,D]`` over key/value blocks ``(k, v, allowed)`` with
-    k, v ``[B,KV,T,D]`` and ``allowed`` ``[B,S,T]``, under one softmax. A KV cache and the new
-    tokens are separate blocks, so the cache is only read, never copied to insert new keys.
-
-    The last block is the new tokens' own, under a causal mask. Queries run in chunks of
-    ``query_chunk``: chunk ``[s0, s1)`` reads only new keys ``[0, s1)``, which skips the masked half of
-    the work and keeps each chunk's scores in cache (`benchmarks/attention.py`: at 8 x 448 tokens the
-    forward and the gradient take about 0.57x the time of one softmax)."""
-    s = q.shape[1]
-    if s <= query_chunk:
-        return _attend_chunk(q, blocks)
-    *context, (k, v, allowed) = blocks
-    out = []
-    for s0 in range(0, s, query_chunk):
-        s1 = min(s0 + query_chunk, s)
-        chunk_blocks = [(ck, cv, ca[:, s0:s1]) for ck, cv, ca in context] + [
-            (k[:, :, :s1], v[:, :, :s1], allowed[:, s0:s1, :s1])]
-        out.append(_attend_chunk(q[:, s0:s1], chunk_blocks))
-    return jnp.concatenate(out, axis=1)
-
-
-def _attend_chunk(q, blocks):
-    """`_attend` for one chunk of queries. q is laid out ``[B,KV,G,S,D]`` first, so that both
-    products are plain batched matmuls over ``(B, KV)`` (no operand transposes inside the dots)."""
-    b, s, h, d = q.shape
-    kv = blocks[0][0].shape[1]
-    q = q.reshape(b, s, kv, h // kv, d).transpose(0, 2, 3, 1, 4)
-    scores = [jnp.where(allowed[:, None, None],
-                        jnp.einsum("bkgsd,bktd->bkgst", q, k, preferred_element_type=jnp.float32) * (d ** -0.5), _NEG)
-              for k, _, allowed in blocks]
-    probs = jax.nn.softmax(jnp.concatenate(scores, axis=-1), axis=-1)
-    out, start = 0.0, 0
-    for k, v, _ in blocks:
-        p = jax.lax.slice_in_dim(probs, start, start + k.shape[2], axis=-1).astype(v.dtype)
-        out = out + jnp.einsum("bkgst,bktd->bkgsd", p, v)
-        start += k.shape[2]
-    return out.transpose(0, 3, 1, 2, 4).reshape(b, s, h * d).astype(v.dtype)
-
-
-def _layer(config: ModelConfig, h, lp, ll, cos, sin, attn_args):
-    """One decoder block. ``attn_args`` is ``(allowed [B,S,S] among the new tokens, this layer's
-    (k, v) cache or None, allowed [B,S,T] over the cache)``. Returns the new hidden states and this
-    block's new keys/values ``[B, KV, S, D]``."""
+def _layer(config: ModelConfig, h, lp, ll, cos, sin, attend, layer_cache):
+    """One decoder block. ``attend`` is `attention.make_attention`'s function for this call,
+    ``layer_cache`` this layer's (k, v) cache or None. Returns the new hidden states and this block's
+    new keys/values ``[B, KV, S, D]``."""
     ll = ll or {}
     b, s, _ = h.shape
     nh, nkv, d = config.num_heads, config.num_kv_heads, config.head_dim
@@ -183,25 +142,21 @@ def _layer(config: ModelConfig, h, lp, ll, cos, sin, attn_args):
         q = rms_norm(q, lp["q_norm"], config.rms_norm_eps)
         k = rms_norm(k, lp["k_norm"], config.rms_norm_eps)
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-    k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, KV, S, D], the cache's layout
-    new_allowed, layer_cache, cache_allowed = attn_args
-    blocks = [(k, v, new_allowed)]
-    if layer_cache is not None:
-        blocks.insert(0, (*layer_cache, cache_allowed))
-    attn = _attend(q, blocks)
+    attn = attend(q, k, v, layer_cache)
     h = h + _project(attn, lp["o_proj"], None, ll.get("o_proj"))
     x = rms_norm(h, lp["post_norm"], config.rms_norm_eps)
     gate = _project(x, lp["gate_proj"], None, ll.get("gate_proj"))
     up = _project(x, lp["up_proj"], None, ll.get("up_proj"))
     h = h + _project(jax.nn.silu(gate) * up, lp["down_proj"], None, ll.get("down_proj"))
-    return h, (k, v)
+    return h, (k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3))  # [B, KV, S, D], the cache's layout
 
 
-def _run_layers(params, config: ModelConfig, input_ids, attention_mask, lora, positions, cache, remat, keep_kv):
+def _run_layers(params, config: ModelConfig, input_ids, attention_mask, lora, positions, cache, remat, keep_kv,
+                padding):
     """Embed, run every block, final norm. Returns ``(hidden, new keys/values [L, B, KV, S, D])``;
     the keys/values are ``None`` unless ``keep_kv`` (a plain forward or a training step needs none)."""
     input_ids, attention_mask = jnp.asarray(input_ids), jnp.asarray(attention_mask)
-    b, s = input_ids.shape
+    b = input_ids.shape[0]
     if lora is not None:
         check_lora(lora, config)
         if lora.batch_shape not in ((), (b,)):
@@ -212,13 +167,12 @@ def _run_layers(params, config: ModelConfig, input_ids, attention_mask, lora, po
     angles = jnp.concatenate([angles, angles], axis=-1)
     cos, sin = jnp.cos(angles), jnp.sin(angles)
 
-    mask = attention_mask.astype(bool)
-    new_allowed = mask[:, None, :] & jnp.tril(jnp.ones((s, s), bool))[None]  # causal among the new tokens
-    cache_allowed = None if cache is None else jnp.broadcast_to(cache.valid[:, None, :], (b, s, cache.valid.shape[1]))
+    attend = attention.make_attention(attention_mask, padding, None if cache is None else cache.valid,
+                                      params["embed"].dtype)
 
     def body(h, xs):
         lp, ll, layer_cache = xs
-        h, new_kv = _layer(config, h, lp, ll, cos, sin, (new_allowed, layer_cache, cache_allowed))
+        h, new_kv = _layer(config, h, lp, ll, cos, sin, attend, layer_cache)
         return h, (new_kv if keep_kv else None)
 
     if remat:
@@ -244,16 +198,18 @@ def remat_policy(remat: bool | str):
 
 
 def forward(params, config: ModelConfig, input_ids, attention_mask, lora: LoRA | None = None, *,
-            positions=None, cache: KVCache | None = None, remat: bool | str = False):
+            positions=None, cache: KVCache | None = None, remat: bool | str = False, padding: str = "any"):
     """Run the decoder. Returns ``(hidden [B, S, H] after the final norm, updated cache or None)``.
-    ``remat`` rematerialises each layer in the backward pass (see `remat_policy`).
+    ``remat`` rematerialises each layer in the backward pass (see `remat_policy`). ``padding`` states
+    the mask's layout (``"none"``, ``"right"``: every row's real tokens first, or ``"any"``); a fused
+    attention kernel is used only where it can express it (`attention.choose_attention`).
 
     Without a cache, attention is causal over this sequence, restricted to ``attention_mask``.
     With a cache, queries attend to every valid cached slot and causally to the new tokens; the new
     keys/values are written at ``cache.index``. (To start a cache from a prompt, use `prefill`.)
     """
     h, new_kv = _run_layers(params, config, input_ids, attention_mask, lora, positions, cache, remat,
-                            keep_kv=cache is not None)
+                            keep_kv=cache is not None, padding=padding)
     if cache is None:
         return h, None
     index = cache.index
@@ -263,12 +219,13 @@ def forward(params, config: ModelConfig, input_ids, attention_mask, lora: LoRA |
 
 
 def prefill(params, config: ModelConfig, input_ids, attention_mask, lora: LoRA | None = None, *, length: int,
-            positions=None) -> tuple[jax.Array, KVCache]:
-    """Run a prompt and return ``(hidden, a KVCache of `length` slots holding it)``.
+            positions=None, padding: str = "any") -> tuple[jax.Array, KVCache]:
+    """Run a prompt and return ``(hidden, a KVCache of `length` slots holding it)`` (``padding``: see `forward`).
 
     Unlike `forward` with an empty cache, no attention over (all-masked) empty slots is traced.
     """
-    h, (k, v) = _run_layers(params, config, input_ids, attention_mask, lora, positions, None, False, keep_kv=True)
+    h, (k, v) = _run_layers(params, config, input_ids, attention_mask, lora, positions, None, False, keep_kv=True,
+                            padding=padding)
     s = h.shape[1]
     if length < s:
         raise ValueError(f"cache length {length} is shorter than the prompt ({s} tokens)")
@@ -283,22 +240,24 @@ def lm_head(params, config: ModelConfig, hidden):
     return jnp.einsum("...h,vh->...v", hidden, w, preferred_element_type=jnp.float32)
 
 
-def logits(params, config: ModelConfig, input_ids, attention_mask, lora: LoRA | None = None):
-    return lm_head(params, config, forward(params, config, input_ids, attention_mask, lora)[0])
+def logits(params, config: ModelConfig, input_ids, attention_mask, lora: LoRA | None = None, *, padding: str = "any"):
+    return lm_head(params, config, forward(params, config, input_ids, attention_mask, lora, padding=padding)[0])
 
 
-@functools.partial(jax.jit, static_argnames=("config", "max_new_tokens", "eos_ids", "pad_id"))
+@functools.partial(jax.jit, static_argnames=("config", "max_new_tokens", "eos_ids", "pad_id", "padding"))
 def generate(params, config: ModelConfig, input_ids, attention_mask, lora: LoRA | None = None, *,
-             max_new_tokens: int, eos_ids: tuple[int, ...], pad_id: int):
+             max_new_tokens: int, eos_ids: tuple[int, ...], pad_id: int, padding: str = "any"):
     """Greedy decoding with a KV cache inside one jitted `lax.while_loop`.
 
-    Works with left or right padding. Returns ``[B, max_new_tokens]`` new token ids; a row that
-    emitted an end-of-sequence token is filled with ``pad_id`` afterwards (as transformers does).
+    Works with left or right padding (``padding``: the prompt's, see `forward`). Returns
+    ``[B, max_new_tokens]`` new token ids; a row that emitted an end-of-sequence token is filled with
+    ``pad_id`` afterwards (as transformers does).
     The loop stops early once every row has finished.
     """
     b, p = input_ids.shape
     pos = position_ids(attention_mask)
-    h, cache = prefill(params, config, input_ids, attention_mask, lora, length=p + max_new_tokens, positions=pos)
+    h, cache = prefill(params, config, input_ids, attention_mask, lora, length=p + max_new_tokens, positions=pos,
+                       padding=padding)
     last = jnp.max(jnp.where(attention_mask > 0, jnp.arange(p), 0), axis=-1)  # last real token, either side
     first = jnp.argmax(lm_head(params, config, h[jnp.arange(b), last]), axis=-1).astype(jnp.int32)
     next_pos = pos[jnp.arange(b), last] + 1

@@ -24,6 +24,11 @@ _LAYER = {
     "ffn_up.weight": "mlp.up_proj.weight", "ffn_down.weight": "mlp.down_proj.weight",
 }
 _BLK = re.compile(r"blk\.(\d+)\.(.+)")
+# Bump when a file converts differently (cached conversions are keyed by it). 2: rope scaling applied.
+CONVERSION_VERSION = 2
+# <arch>.rope.* keys read by `_rope_scaling`; any other rope key is refused (llama.cpp would apply it).
+_ROPE_KEYS = ("freq_base", "dimension_count", "scaling.type", "scaling.factor", "scaling.original_context_length",
+              "scaling.finetuned")
 
 
 def _reader(path: str):
@@ -48,6 +53,7 @@ def gguf_config(reader, path: str) -> ModelConfig:
         raise ValueError(f"{path}: unsupported GGUF architecture {arch!r} (supported: llama, qwen2, qwen3)")
     g = lambda k, d=None: _field(reader, f"{arch}.{k}", d)
     hidden, heads = int(g("embedding_length")), int(g("attention.head_count"))
+    head_dim = int(g("attention.key_length", hidden // heads))
     names = {t.name for t in reader.tensors}
     vocab = g("vocab_size") or len(reader.fields["tokenizer.ggml.tokens"].data)
     eos = _field(reader, "tokenizer.ggml.eos_token_id")
@@ -59,8 +65,9 @@ def gguf_config(reader, path: str) -> ModelConfig:
         num_layers=int(g("block_count")),
         num_heads=heads,
         num_kv_heads=int(g("attention.head_count_kv", heads)),
-        head_dim=int(g("attention.key_length", hidden // heads)),
+        head_dim=head_dim,
         rope_theta=float(g("rope.freq_base", 10000.0)),
+        rope_scaling=_rope_scaling(reader, arch, head_dim, path),
         rms_norm_eps=float(g("attention.layer_norm_rms_epsilon", 1e-6)),
         tie_word_embeddings="output.weight" not in names,
         qkv_bias="blk.0.attn_q.bias" in names,
@@ -69,6 +76,37 @@ def gguf_config(reader, path: str) -> ModelConfig:
         eos_token_ids=() if eos is None else (int(eos),),
         pad_token_id=_field(reader, "tokenizer.ggml.padding_token_id"),
     )
+
+
+def _rope_scaling(reader, arch: str, head_dim: int, path: str):
+    """`ModelConfig.rope_scaling` from a GGUF file's rope keys and ``rope_freqs`` tensor, applied as
+    llama.cpp does: frequency i is ``freq_base^(-2i/d) / rope_freqs[i] / factor``, where ``rope_freqs``
+    (written by llama.cpp's converter for Llama 3.1+ "llama3" scaling) holds per-frequency divisors and
+    ``factor`` is ``rope.scaling.factor`` of ``rope.scaling.type`` "linear". Keys that llama.cpp would
+    apply otherwise (YaRN, LongRoPE, attention factors, partial rotary, ...) are refused, naming the key."""
+    import gguf
+
+    prefix = f"{arch}.rope."
+    for key in reader.fields:
+        if key.startswith(prefix) and key[len(prefix):] not in _ROPE_KEYS:
+            raise ValueError(f"{path}: GGUF key {key!r} is not supported (llgbm_jax applies {prefix}freq_base, "
+                             f"{prefix}scaling.type 'linear' with {prefix}scaling.factor, and a rope_freqs tensor)")
+    dims = _field(reader, prefix + "dimension_count")
+    if dims is not None and int(dims) != head_dim:
+        raise ValueError(f"{path}: GGUF key '{prefix}dimension_count' is {dims}, not the head size {head_dim}: "
+                         f"partial rotary embeddings are not supported")
+    kind = _field(reader, prefix + "scaling.type", "none")
+    factor = float(_field(reader, prefix + "scaling.factor", 0.0)) or 1.0  # llama.cpp: 0 means none
+    if kind not in ("none", "linear") or (kind == "none" and factor != 1.0):
+        raise ValueError(f"{path}: GGUF key '{prefix}scaling.type' = {kind!r} with '{prefix}scaling.factor' = "
+                         f"{factor} is not supported (supported: 'linear', or 'none' without a factor)")
+    tensor = next((t for t in reader.tensors if t.name == "rope_freqs.weight"), None)
+    if tensor is None:
+        return None if factor == 1.0 else (("factor", factor), ("rope_type", "linear"))
+    divisors = np.asarray(gguf.dequantize(tensor.data, tensor.tensor_type), np.float32).reshape(-1)
+    if divisors.shape != (head_dim // 2,):
+        raise ValueError(f"{path}: tensor 'rope_freqs.weight' has {divisors.size} entries, expected {head_dim // 2}")
+    return (("factors", tuple(float(x) * factor for x in divisors)), ("rope_type", "freq_factors"))
 
 
 def _unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
@@ -104,3 +142,11 @@ def load_gguf_tokenizer(path: str):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(os.path.dirname(os.path.abspath(path)), gguf_file=os.path.basename(path))
+
+
+def gguf_tokens(path: str) -> list[str]:
+    """The token strings of the tokenizer embedded in a GGUF file (``tokenizer.ggml.tokens``), by id."""
+    tokens = _field(_reader(path), "tokenizer.ggml.tokens")
+    if tokens is None:
+        raise ValueError(f"{path}: no tokenizer.ggml.tokens field")
+    return list(tokens)
