@@ -363,7 +363,7 @@ PRESETS = {
     # ~256 tokens) 3.7 s.
     "cpu": ZooConfig(
         tasks=("arc_e_cloze", "boolq", "obqa_cloze", "gsm8k", "fam_reverse_words", "fam_swap_first_last",
-               "fam_add_2", "fam_add_5", "fam_uppercase", "fam_capitalize", "fam_word_2", "fam_word_4"),
+               "fam_word_2", "fam_word_5", "fam_snake_case", "fam_camel_case", "fam_add_2", "fam_add_5"),
         eval_samples=64, gsm8k_eval_samples=16, eval_overrides=(("arc_e_cloze", 400),),
         teacher=TeacherConfig(steps=24, warmup_steps=8, save_every=2, batch_size=8, learning_rate=5e-4),
         task_overrides=(("arc_e_cloze", (("steps", 96), ("save_every", 10))),
@@ -405,7 +405,11 @@ def build_zoo(zoo_dir: str, cfg: ZooConfig, *, base_model=None, data_dir: str | 
     manifest = read_manifest(zoo_dir)
     manifest.update(model=cfg.model, config=json.loads(json.dumps(dataclasses.asdict(cfg), default=list)),
                     leakage=leakage_report(data_dir, cfg.tasks))
+    # Tasks dropped from ``cfg`` leave the manifest (their folders stay on disk, unused).
+    manifest["adapters"] = [a for a in manifest.get("adapters", []) if a["task"] in cfg.tasks]
     base_cache = manifest.setdefault("base_accuracy", {})
+    for name in set(base_cache) - set(cfg.tasks):
+        del base_cache[name]
     summary = []
 
     def eval_key(task, records) -> str:

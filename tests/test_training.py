@@ -120,7 +120,13 @@ def test_gradient_accumulation_equals_one_large_batch(zoo, tmp_path):
     s2 = train(g2, ds, two.replace(num_steps=2), show_progress=False, stop_after=1)
     assert s1.loss_history[0] == pytest.approx(s2.loss_history[0], rel=1e-5)
     assert s1.grad_norm_history[0] == pytest.approx(s2.grad_norm_history[0], rel=1e-4)
-    assert max_diff(params_of(g1), params_of(g2)) < 1e-6
+    # AdamW's first update is lr·g/(|g| + eps): exact for every element except those whose gradient is
+    # of the order of eps, where float rounding of the two summation orders is amplified up to lr·δg/eps.
+    # A wrong accumulation (one micro-batch only, a sum for a mean under clipping) moves most elements.
+    lr = s1.lr_history[0]
+    diff = np.concatenate([np.abs(np.asarray(a - b)).ravel() for a, b in
+                           zip(jax.tree_util.tree_leaves(params_of(g1)), jax.tree_util.tree_leaves(params_of(g2)))])
+    assert np.mean(diff > 1e-3 * lr) < 1e-3 and diff.max() < 0.2 * lr
 
 
 def test_evaluate_reports_delta_w_metrics_that_match_dense(zoo, tmp_path):
