@@ -14,7 +14,8 @@ Phases, each timed and printed:
    model (c); per task, the generated adapter's ΔW cosine to its final teacher and delta cosines;
 5. accuracy: per task, base, teacher, generated (held-out prompts only) and baselines (a) and (b) on the
    same held-out questions, with paired standard errors (the zoo's saved base and teacher results are
-   reused where the questions are the same);
+   reused where the questions are the same; every other score is cached by adapter content next to the
+   delta cache, so a rerun of a finished generator scores nothing again);
 6. export: each task's generated adapter as a PEFT folder, the trained generator for `load_generator`.
 
 Writes to ``output_dir``: config.json, splits.json, training_curves.png, results.json, generator/,
@@ -186,8 +187,6 @@ def main(argv=None, *, base_model=None):
     t0 = time.perf_counter()
     generator = create_generator(config, config.seed, comp.text_encoder if not config.freeze_text_encoder else None,
                                  model_config=base_model.config)
-    if config.freeze_text_encoder:
-        generator.fit_condition_normalizer(np.stack([dataset.embeddings[p].mean(0) for p in dataset.pools]))
     state = train(generator, dataset, config, model_config=base_model.config, resume=not args.fresh,
                   show_progress=progress)
     curves = plot_training_curves(state, config.max_grad_norm, os.path.join(out, "training_curves.png"))
@@ -258,16 +257,16 @@ def main(argv=None, *, base_model=None):
                     ("base", None, os.path.join(zoo_task, "base_test_details.json"), ["base"]),
                     ("teacher", final_teachers[t], os.path.join(final_of[t].path, "test_details.json"),
                      [lora_hash(final_of[t].path)]),
-                    ("mean_teachers", mean_teachers, None, mean_key)):
+                    ("mean_teachers", mean_teachers, None, mean_key),
+                    ("generated", generated[t], None, [lora_hash(generated[t])]),
+                    ("cross_task", cross[t], None, [lora_hash(cross[t])])):
                 got = comparison.saved_details(saved, golds) if saved else None
                 ckey = {"model": mhash, "task": t, "questions": qhash, "adapter": key}
-                got = got or scores.get(ckey)
+                got = got or scores.get(ckey)  # by content: a rerun of a finished generator scores nothing
                 if got is None:
                     got = comparison.score(base_model, task, records, lora, show_progress=progress)
                     scores.put(ckey, got)
                 details[name] = got
-            details["generated"] = comparison.score(base_model, task, records, generated[t], show_progress=progress)
-            details["cross_task"] = comparison.score(base_model, task, records, cross[t], show_progress=progress)
             accuracy[t] = comparison.accuracy_summary(details) | {"cross_task_source": sources[t]}
         print("\naccuracy on held-out questions (paired gains ± SE on the same questions):")
         print(format_accuracy_table(accuracy))

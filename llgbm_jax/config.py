@@ -32,7 +32,7 @@ class TrainingConfig:
     lora_alpha: float = 16.0
     batch_size: int = 4  # adapters per micro-batch
     gradient_accumulation_steps: int = 1
-    num_steps: int = 600  # optimizer updates
+    num_steps: int = 1000  # optimizer updates
     warmup_steps: int = 30
     learning_rate: float = 1e-3
     weight_decay: float = 0.01

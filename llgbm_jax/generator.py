@@ -6,9 +6,18 @@ once. Every layer and module gets its own factors. The B heads start at zero, so
 generator returns ΔW = 0 and leaves the base model unchanged; the A heads start so that A's entries
 have PEFT's scale (std 1/sqrt(3·in), as U(±1/sqrt(in))).
 
+Each head's output is multiplied by a fixed per-module scale: A's is PEFT's init std, B's is fitted on
+the teachers (`fit_output_scale`: the B size that gives the teachers' ΔW RMS with A at that std), so the
+heads learn factors in units of the teachers' own size. Without it one Adam step at lr 1e-3 moves B by
+~100x a 24-step teacher's B, and training diverges (measured on the cpu zoo). The layer and module
+embeddings start with std `EMBEDDING_INIT_STD`: a teacher's A is its own random initialisation, so the
+targets of two layers of one task are unrelated, and with unit-std embeddings the trunk features of the
+layers of one task had cosine 0.93; the generator then fell back to one compromise for all layers (ΔW
+cosine 0.2-0.5 after 150 steps, against 0.7-0.8 after 300 steps with std 8).
+
 In a jitted training step use the pure-function form::
 
-    graphdef, params, rest = nnx.split(gen, nnx.Param, ...)   # trainable / the rest (normaliser)
+    graphdef, params, rest = nnx.split(gen, nnx.Param, ...)   # trainable / the rest (fitted statistics)
     apply = generator_fn(graphdef, rest)                       # (params, cond [N, D]) -> LoRA, batch (N,)
     loss, grads = jax.value_and_grad(lambda p: loss_fn(apply(p, cond), teacher))(params)
 
@@ -36,12 +45,14 @@ from llgbm_jax.models.config import ModelConfig
 
 CONFIG_FILE = "generator_config.json"
 WEIGHTS_FILE = "generator.safetensors"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: head output scales (a_scale, b_scale)
 DEFAULT_COND_DIM = 384  # all-MiniLM-L6-v2
+EMBEDDING_INIT_STD = 8.0  # layer and module embeddings (see the module docstring)
 
 
-class ConditionStat(nnx.Variable):
-    """A non-trainable buffer (the condition normaliser): not an `nnx.Param`, so optimizers skip it."""
+class FittedStat(nnx.Variable):
+    """A buffer fitted on the training data, not trained (condition normaliser, head output scales): not an
+    `nnx.Param`, so optimizers skip it."""
 
 
 class LoRAGenerator(nnx.Module):
@@ -57,11 +68,14 @@ class LoRAGenerator(nnx.Module):
         self.text_encoder = nnx.data(text_encoder)  # a submodule (trained jointly) or None, assignable later
         L, M, r = model_config.num_layers, len(lora_config.target_modules), lora_config.rank
 
-        self.cond_mean = ConditionStat(jnp.zeros(cond_dim, jnp.float32))
-        self.cond_scale = ConditionStat(jnp.ones(cond_dim, jnp.float32))
+        self.cond_mean = FittedStat(jnp.zeros(cond_dim, jnp.float32))
+        self.cond_scale = FittedStat(jnp.ones(cond_dim, jnp.float32))
+        self.a_scale = FittedStat(jnp.asarray([1.0 / math.sqrt(3 * model_config.module_shapes[m][1])
+                                               for m in lora_config.target_modules], jnp.float32))  # PEFT's std
+        self.b_scale = FittedStat(jnp.ones(M, jnp.float32))  # until fit_output_scale
         self.cond_proj = nnx.Linear(cond_dim, hidden, rngs=rngs)
-        self.layer_emb = nnx.Param(jax.random.normal(rngs.params(), (L, embedding_dim), jnp.float32))
-        self.module_emb = nnx.Param(jax.random.normal(rngs.params(), (M, embedding_dim), jnp.float32))
+        emb = lambda n: EMBEDDING_INIT_STD * jax.random.normal(rngs.params(), (n, embedding_dim), jnp.float32)
+        self.layer_emb, self.module_emb = nnx.Param(emb(L)), nnx.Param(emb(M))
         widths = [hidden + 2 * embedding_dim] + [hidden] * (trunk_layers - 1)
         self.trunk = nnx.List([nnx.Linear(w, hidden, rngs=rngs) for w in widths])
         self.trunk_norms = nnx.List([nnx.LayerNorm(hidden, rngs=rngs) for _ in widths])
@@ -70,7 +84,7 @@ class LoRAGenerator(nnx.Module):
         a_heads, b_heads = {}, {}
         for m in lora_config.target_modules:
             out, inp = model_config.module_shapes[m]
-            a_init = nnx.initializers.normal(1.0 / math.sqrt(3 * inp * hidden))  # std(A) = 1/sqrt(3·in), PEFT's
+            a_init = nnx.initializers.normal(1.0 / math.sqrt(hidden))  # with a_scale: std(A) = 1/sqrt(3·in)
             a_heads[m] = nnx.Linear(hidden, r * inp, kernel_init=a_init, rngs=rngs)
             b_heads[m] = nnx.Linear(hidden, out * r, kernel_init=nnx.initializers.zeros_init(), rngs=rngs)
         self.a_heads, self.b_heads = nnx.Dict(a_heads), nnx.Dict(b_heads)
@@ -95,6 +109,24 @@ class LoRAGenerator(nnx.Module):
         scale = np.maximum(std, floor * std.mean()) if std.mean() > 0 else np.ones_like(std)
         self.cond_mean.set_value(jnp.asarray(c.mean(0), jnp.float32))
         self.cond_scale.set_value(jnp.asarray(scale, jnp.float32))
+
+    def fit_output_scale(self, teachers: LoRA) -> None:
+        """Set each module's B scale from teachers (a stacked `LoRA`, any rank and scaling): the RMS of their
+        ΔW entries over (this generator's scaling · sqrt(rank) · A's scale), i.e. the size B's entries need
+        for that ΔW RMS with independent factors. A module whose teachers have ΔW = 0 keeps its scale; teachers
+        with non-finite factors are skipped."""
+        scales = []
+        for j, m in enumerate(self.lora_config.target_modules):
+            if m not in teachers.A:
+                raise ValueError(f"fit_output_scale: the teachers have no {m!r} module")
+            a = np.asarray(teachers.A[m], np.float64)  # [..., L, r, in]
+            b = np.asarray(teachers.B[m], np.float64) * teachers.scales(m)[:, None, :]  # [..., L, out, r]
+            sq = np.einsum("...ij,...ik,...jl,...kl->...", b, b, a, a, optimize=True)  # ‖B_s A‖² via r × r Grams
+            sq = sq[np.isfinite(sq)]  # a non-finite teacher is left to the training loop to report
+            rms = math.sqrt(sq.sum() / (sq.size * b.shape[-2] * a.shape[-1])) if sq.size else 0.0
+            denom = self.lora_config.scaling * math.sqrt(self.lora_config.rank) * float(self.a_scale[...][j])
+            scales.append(rms / denom if rms > 0 else float(self.b_scale[...][j]))
+        self.b_scale.set_value(jnp.asarray(scales, jnp.float32))
 
     def condition(self, embeddings: jax.Array, mask: jax.Array | None = None) -> jax.Array:
         """Pool prompt embeddings ``[N, P, cond_dim]`` over the real prompts (``mask [N, P]``) → ``[N, cond_dim]``."""
@@ -135,11 +167,12 @@ class LoRAGenerator(nnx.Module):
         z = self.trunk_features(cond[None] if single else cond)
         n, L, r = z.shape[0], self.model_config.num_layers, self.lora_config.rank
         A, B = {}, {}
+        a_scale, b_scale = self.a_scale[...], self.b_scale[...]
         for j, m in enumerate(self.lora_config.target_modules):  # ≤ 7 module types; all layers at once
             out, inp = self.model_config.module_shapes[m]
             zm = z[:, :, j]
-            A[m] = self.a_heads[m](zm).reshape(n, L, r, inp)
-            B[m] = self.b_heads[m](zm).reshape(n, L, out, r)
+            A[m] = (a_scale[j] * self.a_heads[m](zm)).reshape(n, L, r, inp)
+            B[m] = (b_scale[j] * self.b_heads[m](zm)).reshape(n, L, out, r)
             if single:
                 A[m], B[m] = A[m][0], B[m][0]
         return LoRA(A=A, B=B, config=self.lora_config)

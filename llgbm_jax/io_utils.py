@@ -163,3 +163,14 @@ def write_json_atomic(path: str, obj) -> None:
     with atomic_file(path, ".json") as tmp:
         with open(tmp, "w") as f:
             json.dump(obj, f, indent=2)
+
+
+def read_json(path: str):
+    """The JSON in ``path``; a missing file or invalid JSON raises an error that names the file."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"missing file: {path}") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: invalid JSON ({e})") from None

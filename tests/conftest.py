@@ -125,6 +125,21 @@ def smollm2():
 
 
 @pytest.fixture(scope="session")
+def tiny_smollm2_vocab(smollm2, tmp_path_factory):
+    """A tiny random Llama with SmolLM2's vocabulary and tokenizer (fast to train and score):
+    ``(torch_model, BaseModel)`` on the same weights."""
+    from llgbm_jax.models import BaseModel, load_base_model
+
+    torch_model = make_tiny_torch_model("llama", seed=3, vocab_size=smollm2.config.vocab_size, hidden_size=32,
+                                        intermediate_size=48, num_attention_heads=2, num_key_value_heads=1,
+                                        bos_token_id=1, eos_token_id=2, pad_token_id=2)
+    folder = tmp_path_factory.mktemp("tiny-smollm2-vocab")
+    torch_model.save_pretrained(folder)
+    weights = load_base_model(str(folder))
+    return torch_model, BaseModel(weights.config, weights.params, smollm2.tokenizer, name="tiny-llama")
+
+
+@pytest.fixture(scope="session")
 def smollm2_torch():
     """transformers' PyTorch model and tokenizer on the same GGUF file: the reference."""
     from transformers import AutoTokenizer

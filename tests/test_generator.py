@@ -13,7 +13,7 @@ import pytest
 from flax import nnx
 
 from llgbm_jax.config import TrainingConfig
-from llgbm_jax.generator import (CONFIG_FILE, WEIGHTS_FILE, ConditionStat, LoRAGenerator, create_generator,
+from llgbm_jax.generator import (CONFIG_FILE, WEIGHTS_FILE, FittedStat, LoRAGenerator, create_generator,
                                  generate_lora, generator_fn, load_generator, save_generator)
 from llgbm_jax.lora import ALL_MODULES, LoRA, LoRAConfig, check_lora
 from llgbm_jax.losses import DeltaWLoss
@@ -124,7 +124,7 @@ def adam_step(gen0):
     a training step: ``step(params, opt_state, rest, cond, teachers) -> (params, opt_state, grads)``."""
     graphdef = nnx.graphdef(gen0)
     loss_fn = DeltaWLoss(gen0.lora_config.alpha, gen0.lora_config.rank, normalize="module")
-    tx = optax.adam(1e-3)
+    tx = optax.adam(1e-2)  # a step moves the factors by ~0.8·hidden·lr of their scale: hidden 48 here, 512 by default
 
     @jax.jit
     def step(params, opt_state, rest, cond, teachers):
@@ -174,7 +174,8 @@ def test_gradient_reaches_every_parameter_after_one_step(gen0, adam_step):
     assert all(any(k.startswith(g) for k in n1) for g in groups)
     assert [k for k, v in n1.items() if not v > 0] == []
     assert not any(k.startswith(("cond_mean", "cond_scale")) for k in n1)
-    assert set(dict(nnx.to_flat_state(nnx.state(gen0, ConditionStat)))) == {("cond_mean",), ("cond_scale",)}
+    assert set(dict(nnx.to_flat_state(nnx.state(gen0, FittedStat)))) == {("cond_mean",), ("cond_scale",),
+                                                                        ("a_scale",), ("b_scale",)}
 
 
 def test_fits_three_teachers_from_three_conditions(gen0, adam_step):
@@ -182,11 +183,32 @@ def test_fits_three_teachers_from_three_conditions(gen0, adam_step):
     (ΔW cosine > 0.9 for every module), and each condition's ΔW is far from the other teachers' (< 0.5)."""
     gen, teachers, cond = nnx.clone(gen0), _teachers(3), conditions(3)
     gen.fit_condition_normalizer(cond)
+    gen.fit_output_scale(teachers)
     params, _ = _train(adam_step, gen, cond, teachers, steps=40)
     nnx.update(gen, params)
     cos = delta_w_cosines(generate(gen, cond), teachers)  # [3 conditions, 3 teachers] per module
     for m, c in cos.items():
         assert (np.diag(c) > 0.9).all() and (c[~np.eye(3, dtype=bool)] < 0.5).all(), (m, c)
+
+
+def test_output_scale_matches_the_teachers_delta_w_size(gen0):
+    """``fit_output_scale``: b_scale = RMS of the teachers' ΔW entries (dense, float64) / (scaling · sqrt(r) ·
+    a_scale), whatever the teachers' own scaling; a generated B then has that size once its head is trained."""
+    gen, teachers = nnx.clone(gen0), _teachers(4)
+    gen.fit_output_scale(teachers)
+    for j, m in enumerate(gen.lora_config.target_modules):
+        a, b = np.asarray(teachers.A[m], np.float64), np.asarray(teachers.B[m], np.float64)
+        rms = np.sqrt(np.mean((teachers.config.scaling * b @ a) ** 2))
+        want = rms / (gen.lora_config.scaling * np.sqrt(gen.lora_config.rank) * float(gen.a_scale[j]))
+        assert float(gen.b_scale[j]) == pytest.approx(want, rel=1e-5), m
+    doubled = LoRA(A=teachers.A, B=teachers.B, config=LoRAConfig(teachers.config.rank, 2 * teachers.config.alpha))
+    gen2 = nnx.clone(gen0)
+    gen2.fit_output_scale(doubled)  # twice the scaling: twice the ΔW, twice the scale
+    np.testing.assert_allclose(np.asarray(gen2.b_scale[...]), 2 * np.asarray(gen.b_scale[...]), rtol=1e-5)
+    with pytest.raises(ValueError, match="no 'q_proj' module"):
+        gen.fit_output_scale(LoRA(A={k: v for k, v in teachers.A.items() if k != "q_proj"},
+                                  B={k: v for k, v in teachers.B.items() if k != "q_proj"},
+                                  config=LoRAConfig(8, 16.0, tuple(m for m in ALL_MODULES if m != "q_proj"))))
 
 
 def delta_w_cosines(pred, teachers) -> dict[str, np.ndarray]:

@@ -12,24 +12,12 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import DATA_DIR, load_in_peft, make_tiny_torch_model
+from conftest import DATA_DIR, load_in_peft
 from test_dataset import write_zoo
 
 from llgbm_jax.config import TrainingConfig
-from llgbm_jax.models import BaseModel, load_base_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture(scope="module")
-def tiny(smollm2, tmp_path_factory):
-    torch_model = make_tiny_torch_model("llama", seed=3, vocab_size=smollm2.config.vocab_size, hidden_size=32,
-                                        intermediate_size=48, num_attention_heads=2, num_key_value_heads=1,
-                                        bos_token_id=1, eos_token_id=2, pad_token_id=2)
-    folder = tmp_path_factory.mktemp("tiny-main")
-    torch_model.save_pretrained(folder)
-    weights = load_base_model(str(folder))
-    return torch_model, BaseModel(weights.config, weights.params, smollm2.tokenizer, name="tiny-llama")
 
 
 def run_main(argv, base_model):
@@ -41,8 +29,8 @@ def run_main(argv, base_model):
     return delta_w.main(argv, base_model=base_model)
 
 
-def test_main_job_end_to_end(tiny, tmp_path, capsys):
-    torch_model, ours = tiny
+def test_main_job_end_to_end(tiny_smollm2_vocab, tmp_path, capsys, monkeypatch):
+    torch_model, ours = tiny_smollm2_vocab
     zoo = write_zoo(tmp_path / "zoo", tasks=("arc_e_cloze", "boolq", "obqa_cloze"), steps=(10, 20, 30),
                     model_config=ours.config)
     run = tmp_path / "run"
@@ -96,7 +84,11 @@ def test_main_job_end_to_end(tiny, tmp_path, capsys):
             ref = pm(input_ids=torch.as_tensor(ids, dtype=torch.long), attention_mask=torch.as_tensor(mask)).logits.numpy()
         assert np.abs(np.asarray(ours.logits(ids, mask, adapter)) - ref)[mask > 0].max() < 1e-4
 
-    # A second run reuses the zoo, the caches and the finished generator, and reports the same numbers.
+    # A second run reuses the zoo, the caches, the finished generator and every score (nothing is rescored),
+    # and reports the same numbers.
+    from llgbm_jax import comparison
+
+    monkeypatch.setattr(comparison, "score", lambda *a, **k: pytest.fail("a second run scored an adapter again"))
     again = run_main(argv, ours)
     assert again["training"]["loss_history"] == saved["training"]["loss_history"]
     assert {t: a["generated"]["correct"] for t, a in again["accuracy"].items()} == {

@@ -142,26 +142,11 @@ def test_exact_match_strips_whitespace_and_is_case_sensitive(smollm2, monkeypatc
     assert seen["prompts"] == [task.format_prompt(r, smollm2) for r in records]
 
 
-@pytest.fixture(scope="module")
-def tiny_smollm2_vocab(smollm2, tmp_path_factory):
-    """A tiny random Llama with SmolLM2's vocabulary and tokenizer (fast to train and score)."""
-    from conftest import make_tiny_torch_model
-
-    from llgbm_jax.models import BaseModel, load_base_model
-
-    torch_model = make_tiny_torch_model("llama", seed=3, vocab_size=smollm2.config.vocab_size, hidden_size=32,
-                                        intermediate_size=48, num_attention_heads=2, num_key_value_heads=1,
-                                        bos_token_id=1, eos_token_id=2, pad_token_id=2)
-    folder = tmp_path_factory.mktemp("tiny-family")
-    torch_model.save_pretrained(folder)
-    weights = load_base_model(str(folder))
-    return BaseModel(weights.config, weights.params, smollm2.tokenizer, name="tiny-llama")
-
-
 def test_experiment_trains_scores_and_reports_the_mean_of_teachers(tiny_smollm2_vocab, tmp_path, monkeypatch):
     """experiments/task_family.py end to end on a tiny model: teachers through `build_zoo` (cloze and exact
     match for base and teacher), the mean of the final teachers as one LoRA scored on every task, the
     table; a second call trains and scores nothing."""
+    _, tiny = tiny_smollm2_vocab
     import json
     import os
     import runpy
@@ -176,7 +161,7 @@ def test_experiment_trains_scores_and_reports_the_mean_of_teachers(tiny_smollm2_
     args = script["parse_args"](["--zoo-dir", str(tmp_path / "zoo"), "--tasks", *names, "--steps", "4",
                                  "--save-every", "1", "--adapters-per-run", "2", "--eval-samples", "5",
                                  "--out", str(tmp_path / "table.json"), "--no-progress"])
-    result = script["run"](args, base_model=tiny_smollm2_vocab)
+    result = script["run"](args, base_model=tiny)
     rows = result["rows"]
     assert [r["task"] for r in rows] == names and all(r["n"] == 5 and r["chance"] == 0.2 for r in rows)
     assert result["mean_of_teachers_rank"] == 2 * 8
@@ -194,7 +179,7 @@ def test_experiment_trains_scores_and_reports_the_mean_of_teachers(tiny_smollm2_
     finals = [load_peft_adapter(os.path.join(zoo, n, "run0", "step_00004")) for n in names]
     cache = json.load(open(os.path.join(zoo, "mean_of_teachers.json")))
     task = tasks.get_task(names[1])
-    again = compute_accuracy_with_lora(mean_lora(finals), tiny_smollm2_vocab, task.load("eval")[:5], task,
+    again = compute_accuracy_with_lora(mean_lora(finals), tiny, task.load("eval")[:5], task,
                                        return_details=True, show_progress=False)
     assert [d["correct"] for d in again["details"]] == cache["tasks"][names[1]]["cloze_hits"]
     assert "fam_word_2" in script["format_table"](rows).splitlines()[2]
@@ -205,4 +190,4 @@ def test_experiment_trains_scores_and_reports_the_mean_of_teachers(tiny_smollm2_
     monkeypatch.setattr(teachers, "train_run", refuse)
     monkeypatch.setattr("llgbm_jax.evaluation.compute_accuracy_with_lora", refuse)
     monkeypatch.setattr("llgbm_jax.evaluation.exact_match_accuracy", refuse)
-    assert script["run"](args, base_model=tiny_smollm2_vocab)["rows"] == rows
+    assert script["run"](args, base_model=tiny)["rows"] == rows

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import concurrent.futures
-import json
 import os
 import socket
 import urllib.parse
@@ -11,6 +10,7 @@ import urllib.parse
 import jax.numpy as jnp
 import numpy as np
 
+from llgbm_jax.io_utils import read_json
 from llgbm_jax.models.config import ModelConfig
 from llgbm_jax.models.state_dict import build_params
 
@@ -18,20 +18,10 @@ HUB_PATTERNS = ["config.json", "generation_config.json", "*.safetensors", "model
                 "tokenizer*", "special_tokens_map.json", "vocab.json", "merges.txt", "chat_template*"]
 
 
-def _read_json(path: str) -> dict:
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"missing file: {path}") from None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: invalid JSON ({e})") from None
-
-
 def safetensors_files(folder: str) -> list[str]:
     index = os.path.join(folder, "model.safetensors.index.json")
     if os.path.exists(index):
-        names = sorted(set(_read_json(index)["weight_map"].values()))
+        names = sorted(set(read_json(index)["weight_map"].values()))
         files = [os.path.join(folder, n) for n in names]
     else:
         files = [os.path.join(folder, "model.safetensors")]
@@ -44,11 +34,11 @@ def safetensors_files(folder: str) -> list[str]:
 def load_hf_folder(folder: str, dtype=jnp.float32) -> tuple[ModelConfig, dict]:
     from safetensors import safe_open
 
-    config = ModelConfig.from_hf_config(_read_json(os.path.join(folder, "config.json")),
+    config = ModelConfig.from_hf_config(read_json(os.path.join(folder, "config.json")),
                                         os.path.join(folder, "config.json"))
     gen = os.path.join(folder, "generation_config.json")
     if os.path.exists(gen):  # generation_config's eos list is what generate() stops on
-        eos = _read_json(gen).get("eos_token_id")
+        eos = read_json(gen).get("eos_token_id")
         if eos is not None:
             eos = tuple(eos) if isinstance(eos, list) else (eos,)
             config = ModelConfig.from_dict({**config.to_dict(), "eos_token_ids": sorted(set(eos) | set(config.eos_token_ids))})
