@@ -58,6 +58,8 @@ def torch_generator(gen):
             t = lambda x: torch.tensor(np.asarray(x[...]))
             self.register_buffer("cond_mean", t(gen.cond_mean))
             self.register_buffer("cond_scale", t(gen.cond_scale))
+            self.register_buffer("a_scale", t(gen.a_scale))
+            self.register_buffer("b_scale", t(gen.b_scale))
             self.cond_proj = linear(gen.cond_proj)
             self.layer_emb, self.module_emb = nn.Parameter(t(gen.layer_emb)), nn.Parameter(t(gen.module_emb))
             self.trunk = nn.ModuleList([linear(l) for l in gen.trunk])
@@ -78,8 +80,8 @@ def torch_generator(gen):
             A, B = {}, {}
             for j, m in enumerate(lc.target_modules):
                 out, inp = mc.module_shapes[m]
-                A[m] = self.a_heads[m](z[:, :, j]).reshape(n, L, lc.rank, inp)
-                B[m] = self.b_heads[m](z[:, :, j]).reshape(n, L, out, lc.rank)
+                A[m] = (self.a_scale[j] * self.a_heads[m](z[:, :, j])).reshape(n, L, lc.rank, inp)
+                B[m] = (self.b_scale[j] * self.b_heads[m](z[:, :, j])).reshape(n, L, out, lc.rank)
             return A, B
 
     return TorchGenerator()
@@ -156,6 +158,7 @@ def main(argv=None):
     teacher_cfg = LoRAConfig(r, 2.0 * r)
     teachers = stack_loras([init_lora(jax.random.PRNGKey(10 + i), mc, teacher_cfg, random_b=True, b_std=B_STD)
                             for i in range(n)])
+    gen.fit_output_scale(teachers)  # as train() does
     torch_gen = torch_generator(gen)  # before any update: the same weights on both sides
     n_ours, n_torch = gen.num_params(), sum(p.numel() for p in torch_gen.parameters())
     print(f"parameters: ours {n_ours:,}, torch {n_torch:,}")

@@ -13,6 +13,11 @@ from typing import Any
 from llgbm_jax.config import TrainingConfig
 
 
+# The probe set is a fixed instrument: the same for every training seed, so runs share the delta cache and their
+# behavioural numbers are measured alike.
+PROBE_SEED = 0
+
+
 @dataclasses.dataclass
 class AblationConfig:
     """The research notebook's ablation settings; where set they override the `TrainingConfig`'s fields
@@ -90,8 +95,7 @@ def setup_base_components(ablation_config: AblationConfig | None, training_confi
     base_model = base_model or load_base_model(config.model_name, dtype=config.dtype)
     text_encoder = load_text_encoder(config.text_encoder_name)
     functional_lora = FunctionalLoRA(base_model, config.lora_rank, config.lora_alpha, config.target_modules)
-    probes = build_probes(base_model, config.num_probes, config.max_probe_length, config.seed,
-                          data_dir=config.data_dir)
+    probes = build_probes(base_model, config.num_probes, config.max_probe_length, PROBE_SEED, data_dir=config.data_dir)
     base_activation = probe_hidden(base_model, probes, delta_batch_probes=config.delta_batch_probes)
     adapters = read_zoo(config.zoo_dir)
     splits = make_splits(adapters, config.heldout_prompt_fraction, config.seed)
