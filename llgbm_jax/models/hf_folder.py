@@ -89,18 +89,19 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         pool.shutdown(wait=False)
 
 
-def resolve_hub_id(repo_id: str) -> str:
-    """Local folder for a hub id: the Hugging Face cache if it has it, else a download.
-
-    Offline (no network, or HF_HUB_OFFLINE=1) and not cached, this fails at once.
+def resolve_hub_id(repo_id: str, patterns: list[str] = HUB_PATTERNS,
+                   instead: str = "a local folder or .gguf file") -> str:
+    """Local folder for a hub id (only the files matching ``patterns``): the Hugging Face cache if it has
+    it, else a download. Offline (no network, or HF_HUB_OFFLINE=1) and not cached, this fails at once,
+    suggesting ``instead``.
     """
     from huggingface_hub import snapshot_download
 
     try:
-        return snapshot_download(repo_id, allow_patterns=HUB_PATTERNS, local_files_only=True)
+        return snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True)
     except Exception:
         pass
     if not _hub_reachable():
         raise OSError(f"{repo_id!r} is not a local path, not in the Hugging Face cache, and the hub cannot be "
-                      "reached (offline). Pass a local folder or .gguf file, or connect to the network.")
-    return snapshot_download(repo_id, allow_patterns=HUB_PATTERNS)
+                      f"reached (offline). Pass {instead}, or connect to the network.")
+    return snapshot_download(repo_id, allow_patterns=patterns)
