@@ -53,9 +53,9 @@ def max_diff(a, b) -> float:
 
 
 def test_train_lowers_the_loss_with_the_documented_schedule(zoo, tmp_path):
-    cfg = config(tmp_path, num_steps=80, warmup_steps=4)
+    cfg = config(tmp_path, num_steps=120, warmup_steps=4)
     state = train(generator(cfg), dataset(zoo, cfg), cfg, show_progress=False)
-    assert state.step == 80 and len(state.loss_history) == len(state.grad_norm_history) == len(state.lr_history) == 80
+    assert state.step == 120 and len(state.loss_history) == len(state.grad_norm_history) == len(state.lr_history) == 120
     assert state.term_histories["loss_weight"] == pytest.approx(state.loss_history)  # lambda_weight 1, no delta term
     lr = np.asarray(state.lr_history)
     assert lr[0] == pytest.approx(0.1 * cfg.learning_rate) and lr.max() == pytest.approx(cfg.learning_rate)
