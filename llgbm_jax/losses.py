@@ -299,13 +299,17 @@ class DeltaWLoss:
     side only counts fully. ``normalize=None``: total squared error / number of ΔW elements (modules, layers,
     adapters). ``normalize="module"``: per adapter and module, the squared error summed over layers divided
     by the teacher's ‖ΔW‖² of that module (plus 1e-6 × that module's mean over the batch, so a zero teacher
-    stays finite), averaged over modules and adapters, so that large modules do not drown small ones; every
-    module of the prediction must then be in the teacher.
+    stays finite), averaged over modules and adapters, so that large modules do not drown small ones.
+    ``normalize="batch"``: per module, the squared error summed over layers and adapters divided by the
+    batch's teacher ‖ΔW‖² of that module, averaged over modules. Every module of the prediction must be in
+    the teacher for either. They differ where several teachers share one condition, e.g. the checkpoints of
+    a trajectory: "module" weights each by 1/‖ΔW‖², so the minimiser shrinks towards the smallest (earliest);
+    "batch" and None minimise at their plain mean, but a batch's largest teachers weigh most.
     ``lora_alpha`` / ``lora_rank`` are the generator's own, kept for display (``.scaling``): the computation
     reads the scalings from the adapters.
     """
 
-    NORMALIZE = (None, "module")
+    NORMALIZE = (None, "module", "batch")
 
     def __init__(self, lora_alpha: float | None = None, lora_rank: int | None = None,
                  normalize: str | None = None):
@@ -325,14 +329,17 @@ class DeltaWLoss:
             return sum(e.sum() for e in errs.values()) / count
         missing = [m for m in shapes if m not in teacher.A]
         if missing:
-            raise ValueError(f"DeltaWLoss(normalize='module'): the teacher has no {missing}, so their relative "
-                             f"error is undefined; use normalize=None or give the teacher these modules")
+            raise ValueError(f"DeltaWLoss(normalize={self.normalize!r}): the teacher has no {missing}, so their "
+                             f"relative error is undefined; use normalize=None or give the teacher these modules")
         sq = _module_sqs([(jax.lax.stop_gradient(teacher), 1.0)], shapes, batch)
         norms = jnp.stack([sq[m].sum(-1) for m in shapes])  # [modules, *batch]
-        axes = tuple(range(1, norms.ndim))
-        eps = 1e-6 * jnp.mean(norms, axis=axes, keepdims=True) + jnp.finfo(norms.dtype).tiny  # per module
-        return jnp.mean(jnp.stack([errs[m] for m in shapes]) / (norms + eps))
-
+        errs = jnp.stack([errs[m] for m in shapes])
+        tiny = jnp.finfo(norms.dtype).tiny
+        if self.normalize == "batch":
+            axes = tuple(range(1, norms.ndim))
+            return jnp.mean(errs.sum(axes) / (norms.sum(axes) + tiny))
+        eps = 1e-6 * jnp.mean(norms, axis=tuple(range(1, norms.ndim)), keepdims=True) + tiny  # per module
+        return jnp.mean(errs / (norms + eps))
 
 class WeightLoss:
     """MSE between the predicted and teacher factors A and B (the Drag-and-Drop LLMs baseline; not gauge

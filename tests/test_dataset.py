@@ -86,7 +86,8 @@ def test_training_config_round_trip_and_refusals(tmp_path):
                        (dict(dtype="float64"), "dtype"), (dict(lambda_weight=0.0, lambda_delta=0.0), "lambda_weight"),
                        (dict(target_modules=("q_proj", "qkv")), "target_modules"),
                        (dict(use_small_model=False, base_model="smollm2-135m-instruct"), "use_small_model"),
-                       (dict(loss_normalize="layer"), "loss_normalize")):
+                       (dict(loss_normalize="layer"), "loss_normalize"),
+                       (dict(teacher_checkpoints="last"), "teacher_checkpoints")):
         with pytest.raises(ValueError, match=f"TrainingConfig.{field}"):
             TrainingConfig(**bad)
 
@@ -112,6 +113,17 @@ def test_splits_hold_out_a_middle_checkpoint_or_a_whole_run(zoo, tmp_path):
     s2 = make_splits(read_zoo(two_runs))
     assert s2.heldout_adapters == ["boolq/run1/step_00010", "boolq/run1/step_00020"]
     assert "whole run run1" in s2.heldout_adapter_rule["boolq"]
+
+
+def test_final_checkpoints_only(zoo):
+    """checkpoints="final": one training target per teacher run, its last adapter, conditioned on all its
+    training prompts; the evaluation split is unchanged."""
+    everything, final = dataset(zoo), dataset(zoo, checkpoints="final")
+    assert [a.name for a in final.adapters] == sorted(a.name for a in final_adapters(everything.adapters))
+    assert len(final) == 2 < len(everything)
+    assert {a.name for a in dataset(zoo, "eval", checkpoints="final").adapters} == {a.name for a in dataset(zoo, "eval").adapters}
+    with pytest.raises(ValueError, match="checkpoints must be one of"):
+        dataset(zoo, checkpoints="last")
 
 
 # --- the dataset -----------------------------------------------------------------------------------------

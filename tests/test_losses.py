@@ -71,7 +71,10 @@ def dense_value_and_grad(pred: LoRA, teacher: LoRA, normalize=None):
     else:
         nt = torch.stack([(dt[m] ** 2).sum((-3, -2, -1)).broadcast_to(batch) for m in modules])
         err = torch.stack([(diff[m] ** 2).sum((-3, -2, -1)) for m in modules])
-        loss = (err / (nt + 1e-6 * nt.flatten(1).mean(1).reshape((-1,) + (1,) * len(batch)))).mean()
+        if normalize == "batch":
+            loss = (err.flatten(1).sum(1) / nt.flatten(1).sum(1)).mean()
+        else:
+            loss = (err / (nt + 1e-6 * nt.flatten(1).mean(1).reshape((-1,) + (1,) * len(batch)))).mean()
     loss.backward()
     return loss.item(), {"A": {m: A[m].grad.numpy() for m in A}, "B": {m: B[m].grad.numpy() for m in B}}
 
@@ -187,16 +190,31 @@ def test_gradient_at_zero_b_is_finite_and_exact():
     assert abs(float(value)) < 1e-12 and all(float(jnp.abs(x).max()) < 1e-9 for x in jax.tree_util.tree_leaves(grad))
 
 
-def test_normalize_module_matches_its_dense_definition():
+def test_normalized_variants_match_their_dense_definitions():
     pred = make_lora(18, rank=8, batch=(3,), modules=("q_proj", "k_proj"))
     teacher = make_lora(19, rank=4, alpha=8, batch=(3,))
     check(pred, teacher, normalize="module")  # down_proj only in the teacher: relative error 1 there
+    check(pred, teacher, normalize="batch")
     # scale invariance per module: scaling one module's ΔW (both sides) leaves the loss unchanged
     big = lambda l: LoRA(l.A, {m: b * (100.0 if m == "q_proj" else 1.0) for m, b in l.B.items()}, l.config)
-    loss = lambda p, t: float(VG["module"](p, t)[0])
-    assert loss(big(pred), big(teacher)) == pytest.approx(loss(pred, teacher), rel=1e-5)
-    with pytest.raises(ValueError, match=r"teacher has no \['down_proj'\]"):
-        DeltaWLoss(normalize="module")(teacher, pred)
+    for normalize in ("module", "batch"):
+        loss = lambda p, t: float(VG[normalize](p, t)[0])
+        assert loss(big(pred), big(teacher)) == pytest.approx(loss(pred, teacher), rel=1e-5)
+        with pytest.raises(ValueError, match=r"teacher has no \['down_proj'\]"):
+            DeltaWLoss(normalize=normalize)(teacher, pred)
+
+
+def test_normalize_batch_does_not_shrink_towards_small_teachers():
+    """One prediction against a teacher T and 0.5·T (two checkpoints of one trajectory, same condition):
+    with normalize=None or "batch" the loss is minimal at their plain mean 0.75·T; "module" weights each by
+    1/‖ΔW‖² and puts it at (1·1 + 4·0.5) / 5 = 0.6·T."""
+    t = make_lora(26, batch=())
+    scaled = lambda f: LoRA(t.A, {m: b * f for m, b in t.B.items()}, t.config)
+    teachers = stack_teachers([scaled(1.0), scaled(0.5)])
+    grad_norm = lambda n, f: np.linalg.norm(np.concatenate([np.ravel(g) for g in jax.tree_util.tree_leaves(
+        VG[n](scaled(f), teachers)[1])]))
+    for normalize, best, other in ((None, 0.75, 0.6), ("batch", 0.75, 0.6), ("module", 0.6, 0.75)):
+        assert grad_norm(normalize, best) < 1e-4 * grad_norm(normalize, other), normalize
 
 
 def test_bad_pairs_are_refused():

@@ -147,6 +147,7 @@ def test_experiment_trains_scores_and_reports_the_mean_of_teachers(tiny_smollm2_
     match for base and teacher), the mean of the final teachers as one LoRA scored on every task, the
     table; a second call trains and scores nothing."""
     _, tiny = tiny_smollm2_vocab
+    import dataclasses
     import json
     import os
     import runpy
@@ -191,3 +192,10 @@ def test_experiment_trains_scores_and_reports_the_mean_of_teachers(tiny_smollm2_
     monkeypatch.setattr("llgbm_jax.evaluation.compute_accuracy_with_lora", refuse)
     monkeypatch.setattr("llgbm_jax.evaluation.exact_match_accuracy", refuse)
     assert script["run"](args, base_model=tiny)["rows"] == rows
+
+    # exact_match=False (the cpu preset): the same zoo is scored again by cloze only (other scores, other key)
+    monkeypatch.setattr("llgbm_jax.evaluation.compute_accuracy_with_lora", compute_accuracy_with_lora)
+    cloze_only = dataclasses.replace(script["zoo_config"](args), exact_match=False)
+    summary = teachers.build_zoo(zoo, cloze_only, base_model=tiny, show_progress=False)["summary"]
+    assert [(s["base"], s["teacher"]) for s in summary] == [(r["base"], r["teacher"]) for r in rows]
+    assert not any("teacher_exact_match" in s for s in summary)

@@ -188,14 +188,14 @@ def test_chunks_and_save_steps():
     assert teachers.TeacherConfig().save_steps() == [50, 60, 70, 80, 90, 100, 110, 120]
     assert SHORT.save_steps() == [4, 6]
     cpu = teachers.PRESETS["cpu"]
-    assert cpu.teacher_for("gsm8k").save_steps() == list(range(10, 25, 2))
     assert cpu.teacher_for("arc_e_cloze").save_steps() == list(range(26, 97, 10))
-    assert cpu.teacher_for("boolq").save_steps() == list(range(10, 25, 2))
-    assert cpu.teacher_for("fam_add_2").save_steps() == list(range(10, 25, 2))
+    for t in ("boolq", "gsm8k", "fam_add_2"):
+        assert cpu.teacher_for(t).save_steps() == list(range(10, 25, 2))
     assert cpu.teacher_for("gsm8k").batch_size == 4 and cpu.teacher_for("arc_e_cloze").batch_size == 8
-    # Scored questions: 400 for ARC-e (the real-data task with a gain), 64 for the others, 16 for GSM8K.
+    # Scored questions: 400 for ARC-e (the real-data task with a gain), 64 for the family, 32 for BoolQ and
+    # OBQA, 8 for GSM8K.
     n = {t: cpu.eval_samples_for(get_task(t)) for t in cpu.tasks}
-    assert n["arc_e_cloze"] == 400 and n["gsm8k"] == 16 and n["boolq"] == n["fam_add_2"] == 64
+    assert n["arc_e_cloze"] == 400 and n["fam_add_2"] == 64 and n["boolq"] == n["obqa_cloze"] == 32 and n["gsm8k"] == 8
     # At least 4 real-data tasks and 8 family tasks of at least 3 kinds, each with 8 adapters.
     from llgbm_jax.task_family import family_task_names, kind_of
 
