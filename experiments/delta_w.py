@@ -8,7 +8,8 @@ Phases, each timed and printed:
 1. zoo: the teacher zoo (`--zoo-preset`, default ``cpu``) is built when missing and reused when present;
 2. components: probes, the base model's hidden states on them, every teacher's behavioural delta and the
    condition prompts' sentence embeddings (both cached), the dataset and its splits;
-3. training: `llgbm_jax.training.train` (ΔW loss; resumable from ``checkpoint_dir``);
+3. training: `llgbm_jax.training.train` (ΔW loss against each teacher run's final adapter, or every checkpoint
+   with ``teacher_checkpoints="all"``; resumable from ``checkpoint_dir``);
 4. evaluation: held-out adapters and prompts (ΔW and behavioural metrics), beside the baselines: the
    mean of all final teachers as one adapter (a), the generator fed another task's prompts (b), the base
    model (c); per task, the generated adapter's ΔW cosine to its final teacher and delta cosines;

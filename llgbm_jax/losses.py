@@ -334,12 +334,12 @@ class DeltaWLoss:
         sq = _module_sqs([(jax.lax.stop_gradient(teacher), 1.0)], shapes, batch)
         norms = jnp.stack([sq[m].sum(-1) for m in shapes])  # [modules, *batch]
         errs = jnp.stack([errs[m] for m in shapes])
-        tiny = jnp.finfo(norms.dtype).tiny
+        axes, tiny = tuple(range(1, norms.ndim)), jnp.finfo(norms.dtype).tiny
         if self.normalize == "batch":
-            axes = tuple(range(1, norms.ndim))
             return jnp.mean(errs.sum(axes) / (norms.sum(axes) + tiny))
-        eps = 1e-6 * jnp.mean(norms, axis=tuple(range(1, norms.ndim)), keepdims=True) + tiny  # per module
+        eps = 1e-6 * jnp.mean(norms, axis=axes, keepdims=True) + tiny  # per module
         return jnp.mean(errs / (norms + eps))
+
 
 class WeightLoss:
     """MSE between the predicted and teacher factors A and B (the Drag-and-Drop LLMs baseline; not gauge
