@@ -8,9 +8,9 @@ Ours: every adapter loaded (`load_peft_adapter`), stacked ``--batch-size`` at a 
 does it: ``PeftModel.from_pretrained`` per adapter on transformers' model of the same base, the probes in
 one left-padded batch (positions from the mask), hidden state after the final norm at the last real
 token minus the base model's. Both sides load their adapters inside the timed pass. Prints the time
-of one pass over the zoo for each (round-robin, after a warm-up on the first batch of adapters that
-compiles ours), the ratio and the largest
-relative difference ‖ours − PEFT‖ / ‖PEFT‖ over adapters; ``--out`` writes JSON.
+of one pass over the zoo for each (round-robin, after a warm-up on the first batch of adapters, which
+compiles ours), the ratio and the largest relative difference ‖ours − PEFT‖ / ‖PEFT‖ over adapters;
+``--out`` writes JSON.
 """
 
 from __future__ import annotations
