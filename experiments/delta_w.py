@@ -12,12 +12,18 @@ Phases, each timed and printed:
    with ``teacher_checkpoints="all"``; resumable from ``checkpoint_dir``);
 4. evaluation: held-out adapters and prompts (ΔW and behavioural metrics), beside the baselines: the
    mean of all final teachers as one adapter (a), the generator fed another task's prompts (b), the base
-   model (c); per task, the generated adapter's ΔW cosine to its final teacher and delta cosines;
+   model (c); per task, the generated adapter's ΔW cosine to its final teacher and delta cosines (a task's
+   generated adapter is the evaluation's for its first held-out adapter: the same held-out prompts, so
+   its delta is computed once; the mean's delta is cached);
 5. accuracy: per task, base, teacher, generated (held-out prompts only) and baselines (a) and (b) on the
    same held-out questions, with paired standard errors (the zoo's saved base and teacher results are
    reused where the questions are the same; every other score is cached by adapter content next to the
-   delta cache, so a rerun of a finished generator scores nothing again);
+   delta cache, so a rerun of a finished generator scores nothing again; on GSM8K the generated and
+   cross-task adapters decode side by side in the same batches);
 6. export: each task's generated adapter as a PEFT folder, the trained generator for `load_generator`.
+
+Compiled XLA programs are kept in JAX's persistent cache beside the delta cache (``xla/``; a cache set with
+``JAX_COMPILATION_CACHE_DIR`` wins), so a rerun compiles little.
 
 Writes to ``output_dir``: config.json, splits.json, training_curves.png, results.json, generator/,
 generated/<task>/.
@@ -125,7 +131,7 @@ def format_accuracy_table(accuracy: dict) -> str:
     return "\n".join([line(head), line(["-" * w for w in widths])] + [line(r) for r in rows])
 
 
-def main(argv=None, *, base_model=None):
+def main(argv=None, *, base_model=None, compilation_cache: bool = True):
     args = parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import jax
@@ -133,8 +139,9 @@ def main(argv=None, *, base_model=None):
 
     from llgbm_jax import comparison
     from llgbm_jax.ablations import setup_base_components
-    from llgbm_jax.dataset import final_adapters
-    from llgbm_jax.delta import behavioural_delta, lora_hash, model_hash
+    from llgbm_jax.compile_stats import use_compilation_cache
+    from llgbm_jax.dataset import final_adapters, take
+    from llgbm_jax.delta import DeltaCache, behavioural_delta, lora_hash, model_hash
     from llgbm_jax.generator import create_generator, generate_lora, save_generator
     from llgbm_jax.io_utils import write_json_atomic
     from llgbm_jax.lora import mean_lora, stack_loras
@@ -146,6 +153,9 @@ def main(argv=None, *, base_model=None):
 
     config = make_config(args)
     progress = not args.no_progress
+    cache_root = os.path.dirname(config.delta_cache_dir.rstrip("/")) or "."  # beside the delta cache
+    if compilation_cache:  # compiled programs too: a rerun with the same shapes skips most compilation
+        use_compilation_cache(os.path.join(cache_root, "xla"))
     out = config.output_dir
     os.makedirs(out, exist_ok=True)
     config.save(os.path.join(out, "config.json"))
@@ -197,34 +207,47 @@ def main(argv=None, *, base_model=None):
 
     # 4. evaluation: held-out adapters and prompts, baselines, per task
     t0 = time.perf_counter()
-    evaluation = evaluate(generator, eval_set, config, base_model=base_model, probes=probes,
-                          base_hidden=comp.base_activation)
+    evaluation, eval_generated, eval_deltas = evaluate(generator, eval_set, config, base_model=base_model,
+                                                       probes=probes, base_hidden=comp.base_activation,
+                                                       return_generated=True)
     finals = final_adapters(adapters)
     tasks = sorted({a.task for a in adapters})
     final_of = {a.task: a for a in finals}  # one run per task on the cpu preset; else the task's first run
     mean_teachers = mean_lora([load_peft_adapter(a.path, base_model.config) for a in finals])
     sources = comparison.cross_task_sources(tasks)
-    prompts = {t: comparison.heldout_condition(splits, t, config.num_prompts_per_adapter, config.seed) for t in tasks}
-    generated = {t: generate_lora(generator, prompts[t], comp.text_encoder) for t in tasks}
+    # Each task's generated adapter: the evaluation's, for the task's first held-out adapter (same held-out
+    # prompts, so its delta is not computed twice); a task with no held-out adapter gets its own draw.
+    first_heldout = {}
+    for i, a in enumerate(eval_set.adapters):
+        first_heldout.setdefault(a.task, i)
+    prompts = {t: eval_set.sample(i)["prompts"] for t, i in first_heldout.items()}
+    generated = {t: take(eval_generated, i) for t, i in first_heldout.items()}
+    gen_delta = {t: eval_deltas[i] for t, i in first_heldout.items()}
+    rest = [t for t in tasks if t not in generated]
+    for t in rest:
+        prompts[t] = comparison.heldout_condition(splits, t, config.num_prompts_per_adapter, config.seed)
+        generated[t] = generate_lora(generator, prompts[t], comp.text_encoder)
+    if rest:
+        gen_delta.update(zip(rest, np.asarray(behavioural_delta(
+            base_model, stack_loras([generated[t] for t in rest]), probes, comp.base_activation,
+            delta_batch_probes=config.delta_batch_probes))))
     cross = {t: generated[sources[t]] for t in tasks}
     final_teachers = {t: load_peft_adapter(final_of[t].path, base_model.config) for t in tasks}
-    gen_deltas = np.asarray(behavioural_delta(base_model, stack_loras([generated[t] for t in tasks]), probes,
-                                              comp.base_activation, delta_batch_probes=config.delta_batch_probes))
-    mean_delta = np.asarray(behavioural_delta(base_model, mean_teachers, probes, comp.base_activation,
-                                              delta_batch_probes=config.delta_batch_probes))
+    mean_delta = DeltaCache(config.delta_cache_dir).get_lora(  # depends on the zoo only: cached
+        base_model, probes, mean_teachers, base_hidden=comp.base_activation,
+        delta_batch_probes=config.delta_batch_probes, source="mean of the final teachers")
     teacher_tasks = {a.name: a.task for a in adapters}
     cosines = lambda d, t: comparison.own_other_cosine(d, t, all_deltas, teacher_tasks)
     per_task = {}
-    for i, t in enumerate(tasks):
-        j = tasks.index(sources[t])
+    for t in tasks:
         per_task[t] = {
             "condition_prompts": prompts[t],
             "generated": {"delta_w": delta_w_metrics(generated[t], final_teachers[t]),
-                          "delta_cosine": cosines(gen_deltas[i], t)},
+                          "delta_cosine": cosines(gen_delta[t], t)},
             "mean_teachers": {"delta_w": delta_w_metrics(mean_teachers, final_teachers[t]),
                               "delta_cosine": cosines(mean_delta, t)},
             "cross_task": {"source": sources[t], "delta_w": delta_w_metrics(cross[t], final_teachers[t]),
-                           "delta_cosine": cosines(gen_deltas[j], t)},
+                           "delta_cosine": cosines(gen_delta[sources[t]], t)},
         }
     print("\nper task (generated from held-out prompts vs the task's final teacher):")
     print(f"{'task':<22} {'ΔW cos':>7} {'ΔW rel err':>10} {'δ cos own':>9} {'δ cos other':>11} | "
@@ -243,7 +266,7 @@ def main(argv=None, *, base_model=None):
     t0 = time.perf_counter()
     accuracy = {}
     if not args.skip_accuracy:
-        scores = comparison.ScoreCache(os.path.join(os.path.dirname(config.delta_cache_dir.rstrip("/")) or ".", "scores"))
+        scores = comparison.ScoreCache(os.path.join(cache_root, "scores"))
         mhash = model_hash(base_model)
         mean_key = sorted(lora_hash(a.path) for a in finals)
         for t in tasks:
@@ -252,7 +275,7 @@ def main(argv=None, *, base_model=None):
             records = task.load("eval", config.data_dir)[:n]
             golds = [task.answer(r) for r in records]
             qhash = comparison.hashlib.sha256(json.dumps([r["prompt"] for r in records]).encode()).hexdigest()
-            details = {}
+            details, todo = {}, {}
             zoo_task = os.path.join(config.zoo_dir, t)
             for name, lora, saved, key in (
                     ("base", None, os.path.join(zoo_task, "base_test_details.json"), ["base"]),
@@ -263,11 +286,14 @@ def main(argv=None, *, base_model=None):
                     ("cross_task", cross[t], None, [lora_hash(cross[t])])):
                 got = comparison.saved_details(saved, golds) if saved else None
                 ckey = {"model": mhash, "task": t, "questions": qhash, "adapter": key}
-                got = got or scores.get(ckey)  # by content: a rerun of a finished generator scores nothing
-                if got is None:
-                    got = comparison.score(base_model, task, records, lora, show_progress=progress)
-                    scores.put(ckey, got)
-                details[name] = got
+                details[name] = got or scores.get(ckey)  # by content: a rerun of a finished generator scores nothing
+                if details[name] is None:
+                    todo[name] = (lora, ckey)
+            got = comparison.score_many(base_model, task, records, [lora for lora, _ in todo.values()],
+                                        show_progress=progress) if todo else []
+            for (name, (_, ckey)), result in zip(todo.items(), got):
+                scores.put(ckey, result)
+                details[name] = result
             accuracy[t] = comparison.accuracy_summary(details) | {"cross_task_source": sources[t]}
         print("\naccuracy on held-out questions (paired gains ± SE on the same questions):")
         print(format_accuracy_table(accuracy))

@@ -86,6 +86,27 @@ def score(base_model, task, records, lora: LoRA | None, *, show_progress: bool =
     return [{"correct": bool(d["correct"]), "pred": d["pred"], "gold": d["gold"]} for d in res["details"]]
 
 
+def score_many(base_model, task, records, loras: Sequence[LoRA], *, show_progress: bool = False) -> list[list[dict]]:
+    """`score` of each adapter in ``loras``. On generation tasks (gsm8k) the adapters' answers are decoded
+    side by side, one row per (adapter, question) in the same batches: a decoding step reads the model's
+    weights once for every row, so two adapters on a few questions cost about what one does."""
+    from llgbm_jax.evaluation import GENERATION_BATCH
+    from llgbm_jax.lora import stack_loras
+
+    if (task.task_type != "gsm8k" or len(loras) < 2 or any(l is None for l in loras)
+            or len({l.config for l in loras}) > 1):
+        return [score(base_model, task, records, l, show_progress=show_progress) for l in loras]
+    per = max(GENERATION_BATCH // len(loras), 1)  # questions per batch
+    out: list[list[dict]] = [[] for _ in loras]
+    for s in range(0, len(records), per):
+        chunk = list(records[s:s + per])
+        rows = stack_loras([l for l in loras for _ in chunk])
+        got = score(base_model, task, chunk * len(loras), rows, show_progress=show_progress)
+        for j in range(len(loras)):
+            out[j] += got[j * len(chunk):(j + 1) * len(chunk)]
+    return out
+
+
 def accuracy_summary(details: dict[str, list[dict]]) -> dict[str, Any]:
     """Accuracy of every variant, paired gains over the base model and the teacher's gain recovered."""
     from llgbm_jax.evaluation import paired_gain, wilson_interval

@@ -73,3 +73,13 @@ def reports_compilations(fn):
         return out
 
     return wrapper
+
+
+def use_compilation_cache(directory: str, min_compile_seconds: float = 0.5) -> str:
+    """Keep compiled XLA programs in JAX's persistent cache under ``directory`` (compilations of over
+    ``min_compile_seconds``), so a rerun with the same shapes loads them instead of compiling. A cache the
+    user configured (``JAX_COMPILATION_CACHE_DIR`` or ``jax.config``) is kept. Returns the directory in use."""
+    if not jax.config.jax_compilation_cache_dir:
+        jax.config.update("jax_compilation_cache_dir", directory)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", min_compile_seconds)
+    return jax.config.jax_compilation_cache_dir

@@ -263,11 +263,14 @@ class RealAdapterDataset:
         rng = np.random.default_rng([self.seed, epoch, i])
         return rng.choice(pool, self.num_prompts, replace=len(pool) < self.num_prompts)
 
-    def sample(self, i: int, epoch: int = 0) -> dict[str, Any]:
+    def sample(self, i: int, epoch: int = 0, teacher: bool = True) -> dict[str, Any]:
+        """Adapter ``i`` with the condition of ``epoch``; ``teacher=False`` leaves out its factors (a training
+        step gathers them by ``index`` from the teachers it holds on the device)."""
         idx = self.condition_indices(i, epoch)
         a = self.adapters[i]
-        out: dict[str, Any] = {"adapter": a.name, "task": a.task, "index": i,
-                               "prompts": [self.texts[j] for j in idx], "teacher": take(self.teachers, i)}
+        out: dict[str, Any] = {"adapter": a.name, "task": a.task, "index": i, "prompts": [self.texts[j] for j in idx]}
+        if teacher:
+            out["teacher"] = take(self.teachers, i)
         if self.condition == "embeddings":
             out["condition"] = self.embeddings[idx]
         else:
@@ -283,7 +286,8 @@ class RealAdapterDataset:
         """Stack samples with the adapter axis leading (token conditions padded to a common bucket)."""
         batch: dict[str, Any] = {k: [s[k] for s in samples] for k in ("adapter", "task", "prompts")}
         batch["index"] = np.asarray([s["index"] for s in samples])
-        batch["teacher"] = take(self.teachers, batch["index"])
+        if all("teacher" in s for s in samples):
+            batch["teacher"] = take(self.teachers, batch["index"])
         if self.condition == "embeddings":
             batch["condition"] = np.stack([s["condition"] for s in samples])
         else:
@@ -295,8 +299,8 @@ class RealAdapterDataset:
             batch["teacher_delta"] = np.stack([s["teacher_delta"] for s in samples])
         return batch
 
-    def batches(self, batch_size: int, state: dict | None = None) -> "BatchIterator":
-        return BatchIterator(self, batch_size, **(state or {}))
+    def batches(self, batch_size: int, state: dict | None = None, teachers: bool = True) -> "BatchIterator":
+        return BatchIterator(self, batch_size, teachers=teachers, **(state or {}))
 
 
 def _bucket(n: int) -> int:
@@ -317,6 +321,7 @@ class BatchIterator:
     batch_size: int
     epoch: int = 0
     position: int = 0  # next batch within the epoch
+    teachers: bool = True  # include the teachers' factors (False: only their ``index``)
 
     def __post_init__(self):
         if not 0 < self.batch_size <= len(self.dataset):
@@ -338,7 +343,7 @@ class BatchIterator:
     def __next__(self) -> dict[str, Any]:
         order = self.order(self.epoch)
         idx = order[self.position * self.batch_size:(self.position + 1) * self.batch_size]
-        batch = self.dataset.collate_fn([self.dataset.sample(int(i), self.epoch) for i in idx])
+        batch = self.dataset.collate_fn([self.dataset.sample(int(i), self.epoch, self.teachers) for i in idx])
         batch["epoch"] = self.epoch
         self.position += 1
         if self.position >= self.batches_per_epoch:

@@ -257,6 +257,20 @@ class DeltaCache:
         bar.close()
         return out
 
+    def get_lora(self, base_model, probes, lora: LoRA, *, base_hidden=None, delta_batch_probes: int | None = None,
+                 source: str = "LoRA") -> np.ndarray:
+        """``[H]`` delta of one in-memory adapter (batch shape ``()``), keyed by its content (`lora_hash`)."""
+        key = self.key(base_model, probes, lora_hash(lora))
+        delta = self._read(key, base_model.config.hidden_size)
+        if delta is not None:
+            self.hits += 1
+            return delta
+        delta = np.asarray(behavioural_delta(base_model, lora, probes, base_hidden,
+                                             delta_batch_probes=delta_batch_probes), np.float32)
+        self._write(key, delta, source)
+        self.computed += 1
+        return delta
+
     def get(self, base_model, probes, adapter: str, **kw) -> np.ndarray:
         """``[H]`` delta of one PEFT folder (see `get_many`)."""
         return self.get_many(base_model, probes, [adapter], batch_size=1, **kw)[0]

@@ -35,6 +35,7 @@ from llgbm_jax.lora import LoRA
 from llgbm_jax.models import decoder
 from llgbm_jax.tasks import Record, Task, resolve_task
 
+GENERATION_BATCH = 16  # prompts per greedy-decoding batch
 
 # --- cached option scoring (pure, jitted) -------------------------------------------------------------
 
@@ -251,7 +252,8 @@ def compute_accuracy_with_lora(lora: LoRA | None, base_model, eval_samples: Sequ
     golds = [task.answer(r) for r in samples]
     t0 = time.perf_counter()
     if task.task_type == "gsm8k":
-        texts = generate_texts(base_model, prompts, lora, batch_size=batch_size or 16, max_new_tokens=max_new_tokens,
+        texts = generate_texts(base_model, prompts, lora, batch_size=batch_size or GENERATION_BATCH,
+                               max_new_tokens=max_new_tokens,
                                pad_to_multiple_of=pad_to_multiple_of, show_progress=show_progress, desc=task.name)
         preds = [task.parse(t, r) for t, r in zip(texts, samples)]
         hits = [task.is_correct(p, r) for p, r in zip(preds, samples)]
@@ -310,7 +312,8 @@ def exact_match_accuracy(lora: LoRA | None, base_model, eval_samples: Sequence[R
     return out
 
 
-def generate_texts(base_model, prompts: Sequence[str], lora: LoRA | None = None, *, batch_size: int = 16,
+def generate_texts(base_model, prompts: Sequence[str], lora: LoRA | None = None, *,
+                   batch_size: int = GENERATION_BATCH,
                    max_new_tokens: int = 256, pad_to_multiple_of: int = 32, show_progress: bool = False,
                    desc: str = "generating") -> list[str]:
     """Greedy completions of formatted prompts (KV cache), decoded and cut at end-of-sequence."""

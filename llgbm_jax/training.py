@@ -110,29 +110,34 @@ def _condition(gen, batch: dict):
 
 
 def make_train_step(graphdef, rest, tx: optax.GradientTransformation, loss_fn: Callable):
-    """The jitted update: ``step(params, opt_state, micro_batches, delta) -> (params, opt_state, metrics)``.
-    ``micro_batches`` holds the arrays of ``gradient_accumulation_steps`` micro-batches on a leading
-    axis; their gradients are averaged (a scan) before clipping and AdamW."""
+    """The jitted update: ``step(params, opt_state, teachers, micro_batches, delta) -> (params, opt_state,
+    metrics)``. ``teachers`` is the dataset's stacked teacher `LoRA` (kept on the device); ``micro_batches``
+    holds the conditions and teacher ``index`` of ``gradient_accumulation_steps`` micro-batches on a
+    leading axis; their gradients are averaged (a scan) before clipping and AdamW."""
 
-    def micro_loss(params, batch, delta):
+    def micro_loss(params, teachers, batch, delta):
         gen = nnx.merge(graphdef, params, rest)
         pred = gen(_condition(gen, batch))
-        return loss_fn(pred, batch["teacher"], batch.get("teacher_delta"), delta)
+        teacher = jax.tree_util.tree_map(lambda x: x[batch["index"]], teachers)
+        return loss_fn(pred, teacher, batch.get("teacher_delta"), delta)
 
     grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
 
     @functools.partial(jax.jit, donate_argnums=(0, 1))
-    def step(params, opt_state, micro_batches, delta):
+    def step(params, opt_state, teachers, micro_batches, delta):
         def body(acc, batch):
-            (total, terms), grads = grad_fn(params, batch, delta)
+            (total, terms), grads = grad_fn(params, teachers, batch, delta)
             return jax.tree_util.tree_map(jnp.add, acc, (total, terms, grads)), None
 
         k = jax.tree_util.tree_leaves(micro_batches)[0].shape[0]
         first = jax.tree_util.tree_map(lambda x: x[0], micro_batches)
-        shapes = jax.eval_shape(grad_fn, params, first, delta)
-        zero = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), (shapes[0][0], shapes[0][1], shapes[1]))
-        (total, terms, grads), _ = jax.lax.scan(body, zero, micro_batches)
-        total, terms, grads = jax.tree_util.tree_map(lambda x: x / k, (total, terms, grads))
+        if k == 1:  # no accumulator to zero and add to
+            (total, terms), grads = grad_fn(params, teachers, first, delta)
+        else:
+            shapes = jax.eval_shape(grad_fn, params, teachers, first, delta)
+            zero = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), (shapes[0][0], shapes[0][1], shapes[1]))
+            (total, terms, grads), _ = jax.lax.scan(body, zero, micro_batches)
+            total, terms, grads = jax.tree_util.tree_map(lambda x: x / k, (total, terms, grads))
         grad_norm = optax.global_norm(grads)
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, {"loss": total, "grad_norm": grad_norm, **terms}
@@ -142,7 +147,7 @@ def make_train_step(graphdef, rest, tx: optax.GradientTransformation, loss_fn: C
 
 def _device_batch(batch: dict) -> dict:
     """The arrays of a collated batch that the step uses."""
-    keep = ("condition", "condition_ids", "condition_mask", "teacher", "teacher_delta")
+    keep = ("condition", "condition_ids", "condition_mask", "index", "teacher", "teacher_delta")
     return {k: batch[k] for k in keep if k in batch}
 
 
@@ -187,7 +192,9 @@ def train(generator, dataset, config: TrainingConfig, *, loss_fn: Callable | Non
                              f"({'; '.join(changes)}); use another checkpoint_dir or resume=False")
         params, opt_state = arrays["params"], arrays["opt_state"]
         state = TrainingState(**meta["state"])
-    batches = dataset.batches(config.batch_size, state.data_state or None)
+    batches = dataset.batches(config.batch_size, state.data_state or None, teachers=False)
+    teachers = jax.device_put(dataset.teachers)  # once; each step gathers its batch's rows
+    lrs = np.asarray(jax.vmap(schedule)(jnp.arange(config.num_steps)))  # the learning rate of every step
     step_fn = make_train_step(graphdef, rest, tx, loss_fn)
     k = config.gradient_accumulation_steps
     last_saved = state.step
@@ -197,12 +204,17 @@ def train(generator, dataset, config: TrainingConfig, *, loss_fn: Callable | Non
         ckpt.save(state.step, {"params": params, "opt_state": opt_state},
                   {"config": config.to_dict(), "state": state.to_dict()})
 
+    def next_micro_batches():
+        micro = [_device_batch(next(batches)) for _ in range(k)]
+        return jax.tree_util.tree_map(lambda *xs: np.stack(xs), *micro)
+
     bar = tqdm(total=config.num_steps, initial=state.step, disable=not show_progress, desc="generator")
     try:
+        upcoming = next_micro_batches() if state.step < config.num_steps else None
         while state.step < config.num_steps:
-            micro = [_device_batch(next(batches)) for _ in range(k)]
-            stacked = jax.tree_util.tree_map(lambda *xs: np.stack(xs), *micro)
-            params, opt_state, m = step_fn(params, opt_state, stacked, delta)
+            params, opt_state, m = step_fn(params, opt_state, teachers, upcoming, delta)  # runs asynchronously
+            data_state = batches.state()  # the position after this step's batches
+            upcoming = next_micro_batches() if state.step + 1 < config.num_steps else None  # while it runs
             loss = float(m["loss"])
             if not np.isfinite(loss):
                 raise TrainingDiverged(f"step {state.step + 1}: the loss is {loss} (terms: "
@@ -211,12 +223,12 @@ def train(generator, dataset, config: TrainingConfig, *, loss_fn: Callable | Non
             state.step += 1
             state.loss_history.append(loss)
             state.grad_norm_history.append(float(m["grad_norm"]))
-            state.lr_history.append(float(schedule(state.step - 1)))
+            state.lr_history.append(float(lrs[state.step - 1]))
             for t, v in m.items():
                 if t.startswith("loss_"):
                     state.term_histories.setdefault(t, []).append(float(v))
             state.best_loss = min(state.best_loss, loss)
-            state.data_state = batches.state()
+            state.data_state = data_state
             state.seconds = time.perf_counter() - t0
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4g}", gnorm=f"{state.grad_norm_history[-1]:.3g}")
@@ -276,11 +288,13 @@ def _generate(generator, batch):
 
 
 def evaluate(generator, dataset, config: TrainingConfig, *, base_model=None, probes=None, base_hidden=None,
-             epoch: int = 0) -> dict[str, Any]:
+             epoch: int = 0, return_generated: bool = False):
     """Generated adapters against ``dataset``'s teachers (usually the held-out split, conditioned on
     held-out prompts): ``eval_loss`` (the training ΔW loss), ΔW relative error and cosine per module type,
     and with ``base_model`` + ``probes`` and a dataset holding teacher deltas, ``eval_loss_delta`` and
-    the behavioural delta cosines (``mean_cosine``, ``std_cosine``, ``min_cosine``, ``max_cosine``)."""
+    the behavioural delta cosines (``mean_cosine``, ``std_cosine``, ``min_cosine``, ``max_cosine``).
+    ``return_generated=True`` returns ``(metrics, generated LoRA batch, their deltas [N, H] or None)``, the
+    adapters in ``dataset`` order, conditioned on ``dataset.sample(i, epoch)["prompts"]``."""
     from llgbm_jax.losses import DeltaWLoss
 
     loss = DeltaWLoss(config.lora_alpha, config.lora_rank, normalize=config.loss_normalize)
@@ -289,10 +303,11 @@ def evaluate(generator, dataset, config: TrainingConfig, *, base_model=None, pro
     teacher = batch["teacher"]
     out: dict[str, Any] = {"n_adapters": len(dataset), "adapters": batch["adapter"],
                            "eval_loss": float(loss(pred, teacher)), "delta_w": delta_w_metrics(pred, teacher)}
+    got = None
     if base_model is not None and probes is not None and dataset.teacher_deltas is not None:
         from llgbm_jax.delta import behavioural_delta
 
         got = np.asarray(behavioural_delta(base_model, pred, probes, base_hidden,
                                            delta_batch_probes=config.delta_batch_probes))
         out.update(delta_metrics(got, batch["teacher_delta"]))
-    return out
+    return (out, pred, got) if return_generated else out

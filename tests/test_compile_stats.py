@@ -48,3 +48,31 @@ def test_evaluation_reports_its_compilations(smollm2, tmp_path):
     assert outer.by_name["jit(option_token_logprobs)"] >= 1
     again = compute_accuracy_with_lora(None, tiny, records, "arc_e", batch_size=4, show_progress=False)
     assert again["compiled_programs"] == 0 and again["correct"] == first["correct"]
+
+
+_CACHED_PROGRAM = """
+import sys, jax, jax.numpy as jnp
+from llgbm_jax.compile_stats import use_compilation_cache
+hits = []
+jax.monitoring.register_event_listener(lambda event, **kw: hits.append(event) if event.endswith("/cache_hits") else None)
+print(use_compilation_cache(sys.argv[1], min_compile_seconds=0))
+jax.jit(lambda x: jnp.sin(x) @ x)(jnp.ones((64, 64))).block_until_ready()
+print(len(hits))
+"""
+
+
+def test_use_compilation_cache_reuses_programs_across_processes(tmp_path, monkeypatch):
+    """The main job's compilation cache: a second process loads the program the first one compiled; a cache
+    the user configured is kept."""
+    import subprocess
+    import sys
+
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
+    run = lambda: subprocess.run([sys.executable, "-c", _CACHED_PROGRAM, str(tmp_path / "xla")], check=True,
+                                 capture_output=True, text=True).stdout.split()
+    first = run()
+    assert first == [str(tmp_path / "xla"), "0"] and any((tmp_path / "xla").iterdir())
+    second = run()  # the jitted function and the eager operations' programs are loaded, not compiled
+    assert second[0] == str(tmp_path / "xla") and int(second[1]) >= 1
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "mine"))
+    assert run()[0] == str(tmp_path / "mine")

@@ -264,3 +264,35 @@ def test_zero_lora_and_stand_in_generator(smollm2, arc6):
     assert math.isclose(got["accuracy"], got["correct"] / 5)
     with pytest.raises(ValueError, match="model's own tokenizer"):
         ev.compute_base_accuracy(smollm2, arc6, object(), "arc_e", 2, False)
+
+
+def test_score_many_decodes_adapters_side_by_side(tiny_smollm2_vocab, monkeypatch):
+    """`comparison.score_many` on a generation task (several adapters' answers in the same decoding batches)
+    gives each adapter exactly the text it generates alone; on other tasks it is `score` per adapter."""
+    from llgbm_jax import comparison
+
+    _, model = tiny_smollm2_vocab
+    loras = [init_lora(jax.random.PRNGKey(s), model.config, LoRAConfig(rank=4, alpha=8), random_b=True, b_std=0.5)
+             for s in (1, 2, 3)]
+    texts, real = [], ev.compute_accuracy_with_lora
+
+    def spy(*args, **kw):  # the generated texts of every scoring call (`score` keeps only the verdicts)
+        out = real(*args, **kw)
+        texts.append([d.get("text") for d in out["details"]])
+        return out
+
+    monkeypatch.setattr(ev, "compute_accuracy_with_lora", spy)
+    task = get_task("gsm8k")
+    records = task.load("eval", DATA_DIR)[:7]  # 7 questions x 3 adapters: batches of 5 and 2 questions
+    together = comparison.score_many(model, task, records, loras)
+    assert len(texts) == 2  # two decoding calls for the three adapters
+    side_by_side = [sum((call[j * n:(j + 1) * n] for call, n in zip(texts, (5, 2))), []) for j in range(3)]
+    texts.clear()
+    alone = [comparison.score(model, task, records, lora) for lora in loras]
+    assert together == alone and side_by_side == texts
+    assert len({tuple(t) for t in texts}) == 3  # the adapters write different texts: the check has teeth
+
+    task = get_task("arc_e")
+    records = task.load("eval", DATA_DIR)[:5]
+    assert comparison.score_many(model, task, records, loras) == [comparison.score(model, task, records, l)
+                                                                 for l in loras]

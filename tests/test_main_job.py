@@ -26,13 +26,17 @@ def run_main(argv, base_model):
         import delta_w
     finally:
         sys.path.pop(0)
-    return delta_w.main(argv, base_model=base_model)
+    return delta_w.main(argv, base_model=base_model, compilation_cache=False)  # no process-wide XLA cache here
 
 
 def test_main_job_end_to_end(tiny_smollm2_vocab, tmp_path, capsys, monkeypatch):
     torch_model, ours = tiny_smollm2_vocab
     zoo = write_zoo(tmp_path / "zoo", tasks=("arc_e_cloze", "boolq", "obqa_cloze"), steps=(10, 20, 30),
                     model_config=ours.config)
+    manifest = json.loads((tmp_path / "zoo" / "manifest.json").read_text())  # OBQA: a single adapter, so it has
+    manifest["adapters"] = [a for a in manifest["adapters"]  # no held-out one and its generated adapter is drawn
+                            if a["task"] != "obqa_cloze" or a["step"] == 30]  # apart from the evaluation's
+    (tmp_path / "zoo" / "manifest.json").write_text(json.dumps(manifest))
     run = tmp_path / "run"
     cfg = TrainingConfig(num_steps=6, warmup_steps=1, batch_size=2, lora_rank=4, lora_alpha=8.0, generator_hidden=32,
                          embedding_dim=8, num_probes=6, max_probe_length=96, delta_batch_probes=3, checkpoint_every=3,
@@ -52,7 +56,7 @@ def test_main_job_end_to_end(tiny_smollm2_vocab, tmp_path, capsys, monkeypatch):
     assert len(saved["training"]["loss_history"]) == 6 and set(saved["phase_seconds"]) == {
         "zoo", "components", "training", "evaluation", "accuracy", "export"}
     splits = json.loads((run / "splits.json").read_text())
-    assert saved["eval"]["adapters"] == splits["heldout_adapters"] and saved["eval"]["n_adapters"] == 3
+    assert saved["eval"]["adapters"] == splits["heldout_adapters"] and saved["eval"]["n_adapters"] == 2
 
     from llgbm_jax.evaluation import compute_accuracy_with_lora, paired_gain
     from llgbm_jax.generator import load_generator
