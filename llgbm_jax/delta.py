@@ -73,17 +73,35 @@ def delta_fn(params, config, lora: LoRA, probe_ids, probe_mask, base_hidden, *,
     return jnp.mean(h - base_hidden, axis=-2)
 
 
-_hidden_jit = jax.jit(hidden_fn, static_argnames=("config", "delta_batch_probes"))
-_delta_jit = jax.jit(delta_fn, static_argnames=("config", "delta_batch_probes"))
+@functools.partial(jax.jit, static_argnames=("config",))
+def _hidden_group(params, config, lora, ids, mask):
+    """`hidden_fn` of one group of probes, rematerialised in a backward pass (the memory of one group)."""
+    return jax.checkpoint(lambda p, l: hidden_fn(p, config, l, ids, mask))(params, lora)
+
+
+def _probe_groups(probes, size: int | None) -> list[tuple[np.ndarray, int]]:
+    """The probes in groups of ``size`` (all when None), shortest first: ``(rows, width)`` with ``width`` the
+    multiple of 16 that holds the group's longest probe. Probes are left-padded and positions come from the
+    mask, so a group runs on its last ``width`` columns: its short probes skip the long ones' padding."""
+    lengths = np.asarray(probes.mask).sum(-1)
+    order = np.argsort(lengths, kind="stable")
+    size = size or len(order)
+    groups = [order[s:s + size] for s in range(0, len(order), size)]
+    return [(rows, min(probes.ids.shape[1], -(-int(lengths[rows].max()) // 16) * 16)) for rows in groups]
 
 
 # --- BaseModel-level entry points -------------------------------------------------------------------
 
 def probe_hidden(base_model, probes, lora: LoRA | None = None, *, delta_batch_probes: int | None = None) -> jax.Array:
     """Final hidden state at each probe's last real token, float32: ``[P, H]`` (``lora`` None or one
-    adapter) or ``[N, P, H]`` (a stacked batch of N adapters)."""
-    return _hidden_jit(base_model.params, base_model.config, lora, jnp.asarray(probes.ids), jnp.asarray(probes.mask),
-                       delta_batch_probes=delta_batch_probes)
+    adapter) or ``[N, P, H]`` (a stacked batch of N adapters). The probes run ``delta_batch_probes`` at a
+    time, shortest first, each group trimmed to its own width (`_probe_groups`)."""
+    ids, mask = np.asarray(probes.ids), np.asarray(probes.mask)
+    groups = _probe_groups(probes, delta_batch_probes)
+    parts = [_hidden_group(base_model.params, base_model.config, lora, jnp.asarray(ids[rows, -width:]),
+                           jnp.asarray(mask[rows, -width:])) for rows, width in groups]
+    back = np.argsort(np.concatenate([rows for rows, _ in groups]))  # the probes' own order
+    return jnp.take(jnp.concatenate(parts, axis=-2), back, axis=-2)
 
 
 def behavioural_delta(base_model, lora: LoRA, probes, base_hidden=None, *,
@@ -92,8 +110,8 @@ def behavioural_delta(base_model, lora: LoRA, probes, base_hidden=None, *,
     ``base_hidden`` (``probe_hidden(base_model, probes)``) saves re-running the base model."""
     if base_hidden is None:
         base_hidden = probe_hidden(base_model, probes, delta_batch_probes=delta_batch_probes)
-    return _delta_jit(base_model.params, base_model.config, lora, jnp.asarray(probes.ids), jnp.asarray(probes.mask),
-                      jnp.asarray(base_hidden), delta_batch_probes=delta_batch_probes)
+    hidden = probe_hidden(base_model, probes, lora, delta_batch_probes=delta_batch_probes)
+    return jnp.mean(hidden - jnp.asarray(base_hidden), axis=-2)
 
 
 # --- content hashes ---------------------------------------------------------------------------------

@@ -132,6 +132,13 @@ def test_stacked_chunked_and_base_hidden_agree(tiny):
     np.testing.assert_array_equal(delta.behavioural_delta(ours, stacked, probes, base), got)
     # (chunked probes with a stack: test_gradient_matches_finite_differences)
     assert rel(delta.probe_hidden(ours, probes, delta_batch_probes=3), base) <= BATCH_TOL
+    # Groups of probes run shortest first, each on the width its longest needs; the states come back in
+    # the probes' order and equal one pass over the whole padded batch.
+    long = random_probes(7, 64, 1000, seed=3)
+    widths = [w for _, w in delta._probe_groups(long, 2)]
+    assert widths == sorted(widths) and widths[0] < 64 == widths[-1]
+    whole = delta.hidden_fn(ours.params, ours.config, stacked, jnp.asarray(long.ids), jnp.asarray(long.mask))
+    assert rel(delta.probe_hidden(ours, long, stacked, delta_batch_probes=2), whole) <= BATCH_TOL
     with pytest.raises(ValueError, match=r"q_proj.*do not match"):
         delta.behavioural_delta(ours, random_lora(make_config(ours, 48), LoRAConfig(2, 2), 0), probes)
 
