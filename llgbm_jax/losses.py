@@ -232,6 +232,19 @@ def _module_sqs(loras_signs, shapes: dict, batch: tuple) -> dict[str, jax.Array]
     return {m: result[m].reshape(lead) for m in shapes}
 
 
+def _inner(x: LoRA, y: LoRA, m: str, batch: tuple) -> jax.Array:
+    """``⟨ΔW_x, ΔW_y⟩_F`` of module ``m`` summed over layers, per adapter (``batch``), in r × r Gram form:
+    ``tr((s_x B_xᵀ B_y s_y)(A_y A_xᵀ))``. With ``x = y`` it is ``‖ΔW‖²`` with no difference of nearly equal
+    products to cancel: accurate, and a fraction of the cost of `_module_sqs`."""
+    dtype = _dtype(x.A[m], x.B[m], y.A[m], y.B[m])
+    lead = batch + (x.num_layers,)
+    bx, ax, sx = _side(x, m, lead, dtype)
+    by, ay, sy = _side(y, m, lead, dtype)
+    gb = jnp.einsum("Pop,Pot->Ppt", bx * sx[:, None, :], by * sy[:, None, :], precision=_HI)
+    ga = jnp.einsum("Ppi,Pti->Ppt", ax, ay, precision=_HI)
+    return jnp.sum((gb * ga).reshape(lead + (-1,)), axis=(-2, -1))
+
+
 @jax.jit
 def delta_w_stats(pred: LoRA, teacher: LoRA) -> dict[str, dict[str, jax.Array]]:
     """Per module, per adapter (arrays of the common batch shape), summed over layers, all from the factors:
@@ -246,16 +259,7 @@ def delta_w_stats(pred: LoRA, teacher: LoRA) -> dict[str, dict[str, jax.Array]]:
         s = {"sq_err": errs[m].sum(-1)}
         for key, l, sq in (("pred_sq_norm", pred, pred_sq), ("teacher_sq_norm", teacher, teacher_sq)):
             s[key] = sq[m].sum(-1) if m in l.A else zero
-        if m in pred.A and m in teacher.A:
-            dtype = _dtype(pred.A[m], pred.B[m], teacher.A[m], teacher.B[m])
-            lead = batch + (pred.num_layers,)
-            bp, ap, sp = _side(pred, m, lead, dtype)
-            bt, at, st = _side(teacher, m, lead, dtype)
-            gb = jnp.einsum("Pop,Pot->Ppt", bp * sp[:, None, :], bt * st[:, None, :], precision=_HI)
-            ga = jnp.einsum("Ppi,Pti->Ppt", ap, at, precision=_HI)
-            s["inner"] = jnp.sum((gb * ga).reshape(lead + (-1,)), axis=(-2, -1))
-        else:
-            s["inner"] = zero
+        s["inner"] = _inner(pred, teacher, m, batch) if m in pred.A and m in teacher.A else zero
         stats[m] = s
     return stats
 
@@ -288,17 +292,6 @@ def stack_teachers(loras: list[LoRA], rank: int | None = None) -> LoRA:
         raise ValueError(f"stack_teachers: the teachers target different modules: {sorted(modules)}")
     rank = rank or max(l.config.max_rank for l in loras)
     return stack_loras([fold_scaling(l, rank) for l in loras])
-
-
-def _gram_sq_norm(lora: LoRA, m: str, batch: tuple) -> jax.Array:
-    """``‖ΔW_m‖²`` summed over layers, per adapter (``batch``), as ``Σ (s BᵀB s) ∘ (A Aᵀ)``: r × r Grams, no QR.
-    A sum of one adapter's own terms, with no difference of nearly equal products to cancel: accurate
-    enough for a normaliser, and a fraction of the cost of `_module_sqs`."""
-    dtype = _dtype(lora.A[m], lora.B[m])
-    b, a, s = _side(lora, m, batch + (lora.num_layers,), dtype)
-    gb = jnp.einsum("Por,Pos->Prs", b * s[:, None, :], b * s[:, None, :], precision=_HI)
-    ga = jnp.einsum("Pri,Psi->Prs", a, a, precision=_HI)
-    return jnp.sum((gb * ga).reshape(batch + (lora.num_layers, -1)), axis=(-2, -1))
 
 
 class DeltaWLoss:
@@ -342,7 +335,8 @@ class DeltaWLoss:
         if missing:
             raise ValueError(f"DeltaWLoss(normalize={self.normalize!r}): the teacher has no {missing}, so their "
                              f"relative error is undefined; use normalize=None or give the teacher these modules")
-        norms = jnp.stack([_gram_sq_norm(jax.lax.stop_gradient(teacher), m, batch) for m in shapes])  # [modules, *batch]
+        fixed = jax.lax.stop_gradient(teacher)
+        norms = jnp.stack([_inner(fixed, fixed, m, batch) for m in shapes])  # ‖ΔW_t‖² [modules, *batch]
         errs = jnp.stack([errs[m] for m in shapes])
         axes, tiny = tuple(range(1, norms.ndim)), jnp.finfo(norms.dtype).tiny
         if self.normalize == "batch":
