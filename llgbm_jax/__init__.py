@@ -1,15 +1,17 @@
-"""llgbm-jax: text-conditioned generation of LoRA adapters for small LLMs, in JAX."""
+"""llgbm-jax: text-conditioned generation of LoRA adapters for small LLMs, in JAX.
 
-from llgbm_jax.config import TrainingConfig
-from llgbm_jax.dataset import RealAdapterDataset
-from llgbm_jax.functional_lora import FunctionalLoRA
-from llgbm_jax.generator import create_generator, generate_lora, load_generator, save_generator
-from llgbm_jax.lora import LoRA, LoRAConfig, delta_w, init_lora, stack_loras, unstack_loras, zeros_lora
-from llgbm_jax.losses import DeltaLoss, DeltaWLoss, MultiTaskLoss, WeightLoss, stack_teachers
-from llgbm_jax.models import BaseModel, ModelConfig, load_base_model
-from llgbm_jax.peft_io import load_peft_adapter, save_peft_adapter
-from llgbm_jax.text_encoder import EmbeddingCache, load_text_encoder
-from llgbm_jax.training import TrainingState, evaluate, train
+The package follows the pipeline: `lora` (the adapter pytree, PEFT in and out) → `base` (the decoder that takes
+it) → `tasks` → `scoring` (accuracy) → `teachers` (the zoo) → `conditions` (text encoder, probes, behavioural
+deltas) → `generator` (the hypernetwork, its losses and training) → `evaluation` (baselines, the main job) → `cli`.
+"""
+
+from llgbm_jax.base import BaseModel, FunctionalLoRA, ModelConfig, load_base_model
+from llgbm_jax.conditions import EmbeddingCache, load_text_encoder
+from llgbm_jax.generator import (DeltaLoss, DeltaWLoss, MultiTaskLoss, RealAdapterDataset, TrainingConfig,
+                                 TrainingState, WeightLoss, create_generator, evaluate, generate_lora, load_generator,
+                                 save_generator, stack_teachers, train)
+from llgbm_jax.lora import (LoRA, LoRAConfig, delta_w, init_lora, load_peft_adapter, save_peft_adapter, stack_loras,
+                            unstack_loras, zeros_lora)
 
 __all__ = ["BaseModel", "DeltaLoss", "DeltaWLoss", "EmbeddingCache", "FunctionalLoRA", "LoRA", "LoRAConfig",
            "ModelConfig", "MultiTaskLoss", "RealAdapterDataset", "TrainingConfig", "TrainingState", "WeightLoss",

@@ -10,8 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from llgbm_jax.config import TrainingConfig
-
+from llgbm_jax.generator.config import TrainingConfig
 
 # The probe set is a fixed instrument: the same for every training seed, so runs share the delta cache and their
 # behavioural numbers are measured alike.
@@ -63,11 +62,18 @@ class BaseComponents:
     config: TrainingConfig = None  # the training config with the ablation's settings applied
     probes: Any = None  # the ProbeSet (its hash keys the delta cache)
     adapters: Any = None  # every ZooAdapter of the zoo
-    teacher_deltas: Any = None  # adapter name -> behavioural delta [H], every adapter of the zoo
+    teacher_deltas: Any = None  # adapter name -> behavioural delta [H], of the adapters the two datasets hold
     eval_dataset: Any = None  # RealAdapterDataset, held-out split (held-out adapters and prompts)
 
     NOTEBOOK_FIELDS = ("base_model", "tokenizer", "text_encoder", "functional_lora", "probe_tokens", "probe_masks",
                        "base_activation", "dataset")
+
+    @property
+    def delta_inputs(self):
+        """The behavioural loss's arrays (`DeltaInputs`: base parameters, probes, base hidden states) for `train`."""
+        from llgbm_jax.generator.losses import DeltaInputs
+
+        return DeltaInputs(self.base_model.params, self.probe_tokens, self.probe_masks, self.base_activation)
 
     def __iter__(self):
         return (getattr(self, f) for f in self.NOTEBOOK_FIELDS)
@@ -82,27 +88,30 @@ class BaseComponents:
 def setup_base_components(ablation_config: AblationConfig | None, training_config: TrainingConfig, *,
                           base_model=None, show_progress: bool = True) -> BaseComponents:
     """Load the base model and text encoder, build the probes and their base activations, compute (or read
-    from the cache) every teacher's behavioural delta, and build the training and held-out
+    from the cache) the behavioural delta of every teacher the datasets hold, and build the training and held-out
     `RealAdapterDataset`s of the zoo in ``config.zoo_dir`` (which must exist: the main job builds it first)."""
-    from llgbm_jax.dataset import RealAdapterDataset, make_splits, read_zoo
-    from llgbm_jax.delta import DeltaCache, probe_hidden
-    from llgbm_jax.functional_lora import FunctionalLoRA
-    from llgbm_jax.models import load_base_model
-    from llgbm_jax.probes import build_probes
-    from llgbm_jax.text_encoder import EmbeddingCache, load_text_encoder
+    from llgbm_jax.base import load_base_model
+    from llgbm_jax.base.functional import FunctionalLoRA
+    from llgbm_jax.conditions.deltas import DeltaCache, probe_hidden
+    from llgbm_jax.conditions.probes import build_probes, default_probe_tasks
+    from llgbm_jax.conditions.text_encoder import EmbeddingCache, load_text_encoder
+    from llgbm_jax.generator.dataset import RealAdapterDataset, make_splits, split_adapters
+    from llgbm_jax.teachers.manifest import read_zoo
 
     config = ablation_config.apply(training_config) if ablation_config is not None else training_config
     base_model = base_model or load_base_model(config.model_name, dtype=config.dtype)
     text_encoder = load_text_encoder(config.text_encoder_name)
     functional_lora = FunctionalLoRA(base_model, config.lora_rank, config.lora_alpha, config.target_modules)
-    probes = build_probes(base_model, config.num_probes, config.max_probe_length, PROBE_SEED, data_dir=config.data_dir)
+    probes = build_probes(base_model, config.num_probes, config.max_probe_length, PROBE_SEED,
+                          default_probe_tasks(config.data_dir), data_dir=config.data_dir)
     base_activation = probe_hidden(base_model, probes, delta_batch_probes=config.delta_batch_probes)
     adapters = read_zoo(config.zoo_dir)
     splits = make_splits(adapters, config.heldout_prompt_fraction, config.seed)
-    deltas = DeltaCache(config.delta_cache_dir).get_many(base_model, probes, [a.path for a in adapters],
+    used = [a for split in ("train", "eval") for a in split_adapters(adapters, splits, split, config.teacher_checkpoints)]
+    deltas = DeltaCache(config.delta_cache_dir).get_many(base_model, probes, [a.path for a in used],
                                                          show_progress=show_progress,
                                                          delta_batch_probes=config.delta_batch_probes)
-    teacher_deltas = {a.name: d for a, d in zip(adapters, deltas)}
+    teacher_deltas = {a.name: d for a, d in zip(used, deltas)}
     if config.freeze_text_encoder:
         kw = {"condition": "embeddings", "embed": EmbeddingCache(config.embedding_cache_dir, text_encoder).get}
     else:

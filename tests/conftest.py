@@ -21,8 +21,7 @@ _TINY = dict(vocab_size=160, hidden_size=64, intermediate_size=96, num_hidden_la
 
 def make_tiny_torch_model(family: str, seed: int = 0, **overrides):
     """A small random transformers causal LM of ``family`` (weights perturbed away from init)."""
-    from transformers import (LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config,
-                              Qwen3ForCausalLM)
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
     cfg_cls, model_cls = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM),
                           "qwen3": (Qwen3Config, Qwen3ForCausalLM)}[family]
@@ -112,14 +111,37 @@ def torch_option_logliks(model, tok, prompt: str, options) -> list[float]:
     return [float(sum(logp[i, n - 1, s[n]] for n in range(len(p_ids), len(s)))) for i, s in enumerate(seqs)]
 
 
+def run_cli(argv, **kwargs):
+    """Run an ``llgbm-jax`` command in this process and return what its ``run_<command>`` returned (the library
+    function's result); ``kwargs`` go to it (e.g. ``base_model=`` for ``train``)."""
+    from llgbm_jax.cli.main import COMMANDS, build_parser
+
+    args = build_parser().parse_args(argv)
+    return getattr(COMMANDS[args.command][0], "run_" + args.command.replace("-", "_"))(args, **kwargs)
+
+
+def help_text(argv) -> str:
+    """What ``llgbm-jax <argv> --help`` prints (it must exit with status 0)."""
+    import contextlib
+    import io
+
+    from llgbm_jax.cli.main import build_parser
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as e:
+        build_parser().parse_args(list(argv) + ["--help"])
+    assert e.value.code == 0
+    return out.getvalue()
+
+
 # PEFT loading in tests: any warning is an error and the key sets must match exactly.
-from llgbm_jax.reference import load_peft_strict as load_in_peft  # noqa: E402,F401  (used by the tests)
+from llgbm_jax.evaluation.reference import load_peft_strict as load_in_peft  # noqa: E402,F401  (used by the tests)
 
 
 @pytest.fixture(scope="session")
 def smollm2():
     """The embedded SmolLM2-135M-Instruct as our `BaseModel` (float32)."""
-    from llgbm_jax.models import load_base_model
+    from llgbm_jax.base.model import load_base_model
 
     return load_base_model("smollm2-135m-instruct")
 
@@ -128,7 +150,7 @@ def smollm2():
 def tiny_smollm2_vocab(smollm2, tmp_path_factory):
     """A tiny random Llama with SmolLM2's vocabulary and tokenizer (fast to train and score):
     ``(torch_model, BaseModel)`` on the same weights."""
-    from llgbm_jax.models import BaseModel, load_base_model
+    from llgbm_jax.base.model import BaseModel, load_base_model
 
     torch_model = make_tiny_torch_model("llama", seed=3, vocab_size=smollm2.config.vocab_size, hidden_size=32,
                                         intermediate_size=48, num_attention_heads=2, num_key_value_heads=1,
@@ -144,10 +166,25 @@ def smollm2_torch():
     """transformers' PyTorch model and tokenizer on the same GGUF file: the reference."""
     from transformers import AutoTokenizer
 
-    from llgbm_jax.models.base_model import embedded_gguf_path
-    from llgbm_jax.reference import torch_model
+    from llgbm_jax.base.model import embedded_gguf_path
+    from llgbm_jax.evaluation.reference import torch_model
 
     path = embedded_gguf_path("smollm2-135m-instruct")
     tok = AutoTokenizer.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path))
     model = torch_model("smollm2-135m-instruct")
     return model, tok
+
+
+@pytest.fixture(scope="session")
+def tiny_folder(smollm2, tmp_path_factory):
+    """``(folder, torch_model, ours)``: a tiny random Llama with SmolLM2's vocabulary and tokenizer saved as
+    a Hugging Face folder (so a run config can name it as its base model), and our `BaseModel` of it."""
+    torch_model = make_tiny_torch_model("llama", seed=5, vocab_size=smollm2.config.vocab_size, hidden_size=32,
+                                        intermediate_size=48, num_attention_heads=2, num_key_value_heads=1,
+                                        bos_token_id=1, eos_token_id=2, pad_token_id=2, initializer_range=0.3)
+    folder = str(tmp_path_factory.mktemp("tiny-verify"))
+    torch_model.save_pretrained(folder)
+    smollm2.tokenizer.save_pretrained(folder)
+    from llgbm_jax.base import load_base_model
+
+    return folder, torch_model, load_base_model(folder)

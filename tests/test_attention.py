@@ -1,4 +1,4 @@
-"""Attention paths (`llgbm_jax.models.attention`): the rule that chooses one, and every path that runs on
+"""Attention paths (`llgbm_jax.base.attention`): the rule that chooses one, and every path that runs on
 the CPU against the chunked path and transformers.
 
 On the CPU the fused paths run as ``"xla"`` (`jax.nn.dot_product_attention` with the arguments the cuDNN
@@ -13,11 +13,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import hf_forward, hf_generate, make_tiny_torch_model, max_diff_real, padded_batch
 
-from llgbm_jax import evaluation as ev
-from llgbm_jax.lora import LoRAConfig, init_lora
-from llgbm_jax.models import attention, load_base_model
+from llgbm_jax.base import attention
+from llgbm_jax.base.model import load_base_model
+from llgbm_jax.lora.adapter import LoRAConfig, init_lora
+from llgbm_jax.scoring import accuracy as ev
+
+from conftest import hf_forward, hf_generate, make_tiny_torch_model, max_diff_real, padded_batch
 
 FUSED_ON_CPU = ("xla", "splash")
 BF16, F16, F32 = jnp.bfloat16, jnp.float16, jnp.float32
@@ -218,7 +220,7 @@ def test_attention_gradients_equal_chunked():
 def test_lora_gradient_equals_chunked(qwen2, chosen):
     """A teacher's loss (`teachers.sft_loss`: right padding, remat 'dots') and its LoRA gradient
     through each path equal the chunked path's."""
-    from llgbm_jax.teachers import sft_loss
+    from llgbm_jax.teachers.sft import sft_loss
 
     _, ours = qwen2
     ids, mask = padded_batch(np.random.RandomState(3), [40, 23, 7], 40, ours.config.vocab_size, "right")

@@ -1,20 +1,15 @@
-"""The benchmark scripts run, and what they time is computed right (against torch on the same inputs)."""
+"""The benchmarks (`llgbm_jax.benchmarks`, run by ``python benchmarks/<name>.py``) run, and what they time is
+computed right (against torch on the same inputs)."""
 
 from __future__ import annotations
 
-import os
-import sys
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+from llgbm_jax.benchmarks import accelerator, attention, delta_w_loss, deltas, generator_step, text_encoder
 
 
 def test_attention_benchmark_agrees_with_torch_sdpa():
     """What the attention benchmark times is right: chunked causal attention (several chunks, a partial
     last one) and one softmax equal torch's SDPA within 1e-5, and their gradients with respect to q, k
     and v (of the sum of squared outputs) equal torch's within 1e-5 of the largest gradient entry."""
-    import attention
-
     result = attention.main(["--batch", "2", "--seqs", "45", "--repeats", "1"])
     row = result["seqs"][45]
     print(f"max |diff| forward {row['max_diff_vs_torch']:.1e}, "
@@ -29,8 +24,6 @@ def test_accelerator_benchmark_tiny():
     transformers and PEFT on the same weights (logits within 1e-4, greedy tokens identical, the same first
     SFT loss); the fused attention paths (xla, and splash in interpret mode) equal the chunked path on
     right- and left-padded batches, and xla leaves left padding to the chunked path."""
-    import accelerator
-
     result = accelerator.main(["--tiny", "--dtype", "float32", "--repeats", "1"])
     assert set(result["ratios"]) == {"forward_2x64", "forward_1x160", "lora_forward_2x64", "generate", "sft_step"}
     assert all(v > 0 for v in result["times_ms"].values()) and len(result["times_ms"]) == 10
@@ -51,7 +44,6 @@ def test_text_encoder_benchmark_tiny(tmp_path):
     agrees with sentence-transformers (cosine within 1e-5 of 1), and the JSON is written."""
     import json
 
-    import text_encoder
     from conftest import DATA_DIR
 
     out = tmp_path / "te.json"
@@ -70,8 +62,6 @@ def test_deltas_benchmark_agrees_with_peft(tmp_path):
     (relative), and the times and ratio it reports are those of the two passes."""
     import json
 
-    import deltas
-
     out = tmp_path / "deltas.json"
     result = deltas.main(["--tiny", "--batch-size", "2", "--repeats", "1", "--out", str(out)])
     assert result["num_adapters"] == 3 and len(result["rel_diff"]) == 3 and result["batch_size"] == 2
@@ -85,7 +75,6 @@ def test_deltas_benchmark_agrees_with_peft(tmp_path):
 def test_generator_step_benchmark_sides_agree():
     """Tiny shapes: ours and the research-style torch step hold the same number of parameters and compute the
     same ΔW loss from the same weights, before and after one AdamW update."""
-    import generator_step
     import numpy as np
 
     result = generator_step.main(["--tiny", "--repeats", "1"])
@@ -99,8 +88,6 @@ def test_generator_step_benchmark_sides_agree():
 def test_delta_w_loss_benchmark_factored_equals_dense():
     """Tiny shapes: the factored ΔW loss and its gradient equal the dense PyTorch ones (research code's way)
     within 1e-5 / 1e-4 (relative), dense JAX agrees too, and every variant was timed."""
-    import delta_w_loss
-
     result = delta_w_loss.main(["--tiny", "--repeats", "1"])
     assert [(r["shape"], r["rank"]) for r in result["rows"]] == [("tiny", 2), ("tiny", 4)]
     for row in result["rows"]:

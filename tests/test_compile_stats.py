@@ -1,15 +1,16 @@
-"""`llgbm_jax.compile_stats`: counting XLA compilations, and evaluation reporting its own."""
+"""`llgbm_jax.utils.compile_stats`: counting XLA compilations, and evaluation reporting its own."""
 
 from __future__ import annotations
 
 import jax
 import numpy as np
-from conftest import DATA_DIR, make_tiny_torch_model
 
-from llgbm_jax import compile_stats
-from llgbm_jax.evaluation import compute_accuracy_with_lora
-from llgbm_jax.models import BaseModel, load_base_model
-from llgbm_jax.tasks import get_task
+from llgbm_jax.base.model import BaseModel, load_base_model
+from llgbm_jax.scoring.accuracy import compute_accuracy_with_lora
+from llgbm_jax.tasks.registry import get_task
+from llgbm_jax.utils import compile_stats
+
+from conftest import DATA_DIR, make_tiny_torch_model
 
 
 def test_counts_one_program_per_shape():
@@ -52,7 +53,7 @@ def test_evaluation_reports_its_compilations(smollm2, tmp_path):
 
 _CACHED_PROGRAM = """
 import sys, jax, jax.numpy as jnp
-from llgbm_jax.compile_stats import use_compilation_cache
+from llgbm_jax.utils.compile_stats import use_compilation_cache
 hits = []
 jax.monitoring.register_event_listener(lambda event, **kw: hits.append(event) if event.endswith("/cache_hits") else None)
 print(use_compilation_cache(sys.argv[1], min_compile_seconds=0))

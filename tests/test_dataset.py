@@ -10,15 +10,17 @@ import zlib
 import jax
 import numpy as np
 import pytest
-from conftest import DATA_DIR
 
-from llgbm_jax.config import TrainingConfig
-from llgbm_jax.dataset import RealAdapterDataset, final_adapters, make_splits, read_zoo
-from llgbm_jax.io_utils import write_json_atomic
-from llgbm_jax.lora import LoRAConfig, delta_w, init_lora
-from llgbm_jax.models.config import ModelConfig
-from llgbm_jax.peft_io import save_peft_adapter
-from llgbm_jax.tasks import get_task
+from llgbm_jax.base.config import ModelConfig
+from llgbm_jax.generator.config import TrainingConfig
+from llgbm_jax.generator.dataset import RealAdapterDataset, make_splits
+from llgbm_jax.lora.adapter import LoRAConfig, delta_w, init_lora
+from llgbm_jax.lora.peft import save_peft_adapter
+from llgbm_jax.tasks.registry import get_task
+from llgbm_jax.teachers.manifest import final_adapters, read_zoo
+from llgbm_jax.utils.io import write_json_atomic
+
+from conftest import DATA_DIR
 
 MC = ModelConfig("llama", 100, 16, 24, 2, 4, 2, 4)
 
@@ -152,7 +154,7 @@ def test_samples_hold_condition_teacher_and_names(zoo):
     assert s["adapter"] == a.name and s["task"] == a.task and s["condition"].shape == (4, 8)
     np.testing.assert_array_equal(s["condition"], fake_embed(s["prompts"]))
     assert s["teacher"].batch_shape == () and s["teacher_delta"].shape == (5,)
-    from llgbm_jax.peft_io import load_peft_adapter
+    from llgbm_jax.lora.peft import load_peft_adapter
 
     ref = load_peft_adapter(a.path, MC)
     np.testing.assert_allclose(delta_w(s["teacher"], "q_proj"), delta_w(ref, "q_proj"), rtol=1e-6)
@@ -165,7 +167,7 @@ def test_samples_hold_condition_teacher_and_names(zoo):
 def test_teachers_with_other_ranks_are_folded_exactly(tmp_path):
     zoo = write_zoo(tmp_path, ranks={"boolq": 2})
     ds = dataset(zoo)
-    from llgbm_jax.peft_io import load_peft_adapter
+    from llgbm_jax.lora.peft import load_peft_adapter
 
     assert ds.teachers.config.rank == 4 and ds.teachers.config.scaling == 1.0
     for i, a in enumerate(ds.adapters):

@@ -12,10 +12,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import hf_forward, hf_generate, make_tiny_torch_model, max_diff_real, padded_batch
 
-from llgbm_jax.models import BaseModel, load_base_model
-from llgbm_jax.models import attention, decoder
+from llgbm_jax.base import attention, decoder
+from llgbm_jax.base.model import BaseModel, load_base_model
+
+from conftest import hf_forward, hf_generate, make_tiny_torch_model, max_diff_real, padded_batch
 
 TOL = 1e-4
 LENGTHS = [5, 11, 1, 8]  # one full row, one single-token row
@@ -205,7 +206,7 @@ def test_generate_stops_per_row_at_eos(tiny_model, ours):
 
 def test_onednn_matmuls_match_transformers(tiny_model, ours):
     """The opt-in oneDNN build of the forward (`models.cpu_matmul`) meets the same tolerance."""
-    from llgbm_jax.models.cpu_matmul import compile_with_onednn
+    from llgbm_jax.base.cpu_matmul import compile_with_onednn
 
     family, model, _ = tiny_model
     ids, mask = padded_batch(np.random.RandomState(1), LENGTHS, WIDTH, ours.config.vocab_size, "left")

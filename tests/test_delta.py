@@ -1,4 +1,4 @@
-"""Probes (`llgbm_jax.probes`), behavioural deltas and their cache (`llgbm_jax.delta`), experiments/deltas.py.
+"""Probes (`llgbm_jax.conditions.probes`), behavioural deltas and their cache (`llgbm_jax.conditions.deltas`), experiments/deltas.py.
 
 - `behavioural_delta` equals the same mean of last-token hidden-state differences computed by
   transformers + PEFT on the same adapter folder: relative error ≤ 1e-4 on tiny Llama/Qwen2/Qwen3,
@@ -16,20 +16,23 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import runpy
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import DATA_DIR, hf_forward, load_in_peft, make_tiny_torch_model, padded_batch
 
-from llgbm_jax import delta, probes as probes_mod
-from llgbm_jax.lora import LoRAConfig, zeros_lora
-from llgbm_jax.models import BaseModel, load_base_model
-from llgbm_jax.models.checkpoint import save_checkpoint
-from llgbm_jax.peft_io import load_peft_adapter, save_peft_adapter
-from llgbm_jax.tasks import get_task
+from llgbm_jax.base.checkpoint import save_checkpoint
+from llgbm_jax.base.model import BaseModel, load_base_model, model_hash
+from llgbm_jax.conditions import deltas as delta
+from llgbm_jax.conditions import probes as probes_mod
+from llgbm_jax.lora.adapter import LoRAConfig, zeros_lora
+from llgbm_jax.lora.ops import lora_hash, stack_any
+from llgbm_jax.lora.peft import load_peft_adapter, save_peft_adapter
+from llgbm_jax.tasks.registry import get_task
+from llgbm_jax.utils.io import CacheWarning, hash_arrays
+
+from conftest import DATA_DIR, hf_forward, load_in_peft, make_tiny_torch_model, padded_batch, run_cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_TOL, SMOLLM2_TOL = 1e-4, 1e-3  # ‖ours − PEFT‖ / ‖PEFT‖ of the delta, float32
@@ -124,7 +127,7 @@ def test_stacked_chunked_and_base_hidden_agree(tiny):
     probes = random_probes(5, 16, 1000)
     loras = mixed_loras(ours.config)
     one_by_one = np.stack([delta.behavioural_delta(ours, l, probes) for l in loras])
-    stacked = delta.stack_any(loras)
+    stacked = stack_any(loras)
     base = delta.probe_hidden(ours, probes)
     got = delta.behavioural_delta(ours, stacked, probes)
     assert got.shape == (3, ours.config.hidden_size)
@@ -150,7 +153,7 @@ def make_config(model, hidden):
 def test_gradient_matches_finite_differences(tiny):
     _, ours = tiny
     probes = random_probes(5, 16, 1000, seed=1)
-    lora = delta.stack_any(mixed_loras(ours.config)[:2])
+    lora = stack_any(mixed_loras(ours.config)[:2])
     base = delta.probe_hidden(ours, probes)
     w = jnp.asarray(np.random.default_rng(9).normal(size=(2, ours.config.hidden_size)).astype(np.float32))
 
@@ -229,7 +232,7 @@ def test_cache_computes_once_and_exactly_what_changed(tiny, tiny_zoo, tmp_path):
     # A perturbed copy of the base model: everything again.
     params = dict(ours.params, final_norm=jnp.asarray(np.asarray(ours.params["final_norm"]) * 1.001))
     other = BaseModel(ours.config, params, ours.tokenizer)
-    assert delta.model_hash(other) != delta.model_hash(ours)
+    assert model_hash(other) != model_hash(ours)
     c = delta.DeltaCache(cache_dir)
     c.get_many(ours, probes, tiny_zoo, show_progress=False)
     c.get_many(other, probes, tiny_zoo, batch_size=2, show_progress=False)
@@ -262,7 +265,7 @@ def test_cache_never_reads_partial_or_stale_entries(tiny, tiny_zoo, tmp_path, mo
 
     # A truncated entry in place (a non-atomic copy, a full disk) and an entry under another key are
     # recomputed, not read.
-    paths = [c.path(c.key(ours, probes, delta.lora_hash(f))) for f in tiny_zoo[:2]]
+    paths = [c.path(c.key(ours, probes, lora_hash(f))) for f in tiny_zoo[:2]]
     with open(paths[0], "rb") as f:
         entry0 = f.read()
     with open(paths[0], "wb") as f:
@@ -270,8 +273,12 @@ def test_cache_never_reads_partial_or_stale_entries(tiny, tiny_zoo, tmp_path, mo
     with open(paths[1], "wb") as f:  # a whole entry, but stored under entry 0's key
         f.write(entry0)
     c = delta.DeltaCache(cache_dir)
-    np.testing.assert_array_equal(c.get_many(ours, probes, tiny_zoo[:2], show_progress=False), want)
+    with pytest.warns(CacheWarning) as caught:  # each one named, with why it is not read
+        np.testing.assert_array_equal(c.get_many(ours, probes, tiny_zoo[:2], show_progress=False), want)
     assert (c.computed, c.hits) == (2, 0)
+    messages = [str(w.message) for w in caught]
+    assert any(m.startswith(paths[0]) and "recomputing" in m for m in messages)
+    assert any(m.startswith(paths[1]) and "stored key is another entry's" in m for m in messages)
     monkeypatch.setattr(delta, "DELTA_VERSION", delta.DELTA_VERSION + 1)  # a new definition of the delta
     c = delta.DeltaCache(cache_dir)
     c.get_many(ours, probes, tiny_zoo[:2], show_progress=False)
@@ -289,21 +296,22 @@ def test_cache_refuses_adapters_of_another_model(tiny, tmp_path):
 
 def test_hashes(tiny, tiny_zoo, monkeypatch):
     _, ours = tiny
-    h = delta.lora_hash(tiny_zoo[0])
-    assert h == delta.lora_hash(tiny_zoo[0]) and h != delta.lora_hash(tiny_zoo[1])
+    h = lora_hash(tiny_zoo[0])
+    assert h == lora_hash(tiny_zoo[0]) and h != lora_hash(tiny_zoo[1])
     lora = load_peft_adapter(tiny_zoo[0])
-    assert delta.lora_hash(lora) == delta.lora_hash(load_peft_adapter(tiny_zoo[0])) != h
-    assert delta.lora_hash(jax.tree.map(np.array, lora)) == delta.lora_hash(lora)
-    assert delta.lora_hash(jax.tree.map(lambda x: np.asarray(x) * 2, lora)) != delta.lora_hash(lora)
-    known = delta.model_hash(ours)
+    assert lora_hash(lora) == lora_hash(load_peft_adapter(tiny_zoo[0])) != h
+    assert lora_hash(jax.tree.map(np.array, lora)) == lora_hash(lora)
+    assert lora_hash(jax.tree.map(lambda x: np.asarray(x) * 2, lora)) != lora_hash(lora)
+    known = model_hash(ours)
     calls = []
-    real = delta._hash_arrays
-    monkeypatch.setattr(delta, "_hash_arrays", lambda *a: calls.append(1) or real(*a))
+    import llgbm_jax.base.model as base_model_module
+
+    monkeypatch.setattr(base_model_module, "hash_arrays", lambda *a: calls.append(1) or hash_arrays(*a))
     fresh = BaseModel(ours.config, ours.params, ours.tokenizer)
-    assert delta.model_hash(fresh) == delta.model_hash(fresh) == delta.model_hash(ours) == known
+    assert model_hash(fresh) == model_hash(fresh) == model_hash(ours) == known
     assert len(calls) == 1  # once for the new object, memoised after
     with pytest.raises(FileNotFoundError, match="not a PEFT adapter folder"):
-        delta.lora_hash(os.path.dirname(tiny_zoo[0]))
+        lora_hash(os.path.dirname(tiny_zoo[0]))
 
 
 # --- probes -------------------------------------------------------------------------------------------
@@ -382,7 +390,7 @@ def test_deltas_experiment_on_a_tiny_zoo(tiny, tmp_path):
     with open(zoo / "manifest.json", "w") as f:
         json.dump({"model": model_dir, "adapters": entries}, f)
 
-    main = runpy.run_path(os.path.join(ROOT, "experiments", "deltas.py"))["main"]
+    main = lambda argv: run_cli(["deltas", *argv])
     argv = ["--zoo-dir", str(zoo), "--num-probes", "6", "--max-probe-length", "96", "--data-dir", DATA_DIR,
             "--batch-size", "4", "--no-progress"]
     result = main(argv)

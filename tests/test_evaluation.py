@@ -14,12 +14,14 @@ import jax
 import numpy as np
 import pytest
 import torch
-from conftest import DATA_DIR, torch_option_logliks
 
-from llgbm_jax import evaluation as ev
-from llgbm_jax.lora import LoRAConfig, init_lora, stack_loras, zeros_lora
-from llgbm_jax.models import load_base_model
-from llgbm_jax.tasks import get_task
+from llgbm_jax.base.model import load_base_model
+from llgbm_jax.lora.adapter import LoRAConfig, init_lora, stack_loras, zeros_lora
+from llgbm_jax.scoring import accuracy as ev
+from llgbm_jax.scoring.stats import paired_gain
+from llgbm_jax.tasks.registry import get_task
+
+from conftest import DATA_DIR, torch_option_logliks
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -137,15 +139,15 @@ def test_wilson_interval():
 def test_paired_gain():
     base = [1, 0, 0, 1, 0, 1, 0, 0]
     new = [1, 1, 1, 1, 0, 0, 1, 0]
-    g = ev.paired_gain(base, new)
+    g = paired_gain(base, new)
     d = np.array(new) - np.array(base)  # +1 three times, -1 once
     assert g["gain"] == pytest.approx(2 / 8) and g["n"] == 8
     assert g["se"] == pytest.approx(np.sqrt(np.sum((d - 0.25) ** 2) / 7 / 8))
     assert g["gain_in_se"] == pytest.approx(0.25 / g["se"])
     assert (g["only_new_correct"], g["only_base_correct"]) == (3, 1)
-    assert ev.paired_gain([1, 0], [1, 0])["gain_in_se"] == 0.0  # no differences: no evidence
+    assert paired_gain([1, 0], [1, 0])["gain_in_se"] == 0.0  # no differences: no evidence
     with pytest.raises(ValueError, match="equally long"):
-        ev.paired_gain([1, 0], [1])
+        paired_gain([1, 0], [1])
 
 
 # --- slow: SmolLM2-135M-Instruct against transformers ------------------------------------------------------
@@ -269,7 +271,7 @@ def test_zero_lora_and_stand_in_generator(smollm2, arc6):
 def test_score_many_decodes_adapters_side_by_side(tiny_smollm2_vocab, monkeypatch):
     """`comparison.score_many` on a generation task (several adapters' answers in the same decoding batches)
     gives each adapter exactly the text it generates alone; on other tasks it is `score` per adapter."""
-    from llgbm_jax import comparison
+    from llgbm_jax.evaluation import comparison
 
     _, model = tiny_smollm2_vocab
     loras = [init_lora(jax.random.PRNGKey(s), model.config, LoRAConfig(rank=4, alpha=8), random_b=True, b_std=0.5)
@@ -296,3 +298,30 @@ def test_score_many_decodes_adapters_side_by_side(tiny_smollm2_vocab, monkeypatc
     records = task.load("eval", DATA_DIR)[:5]
     assert comparison.score_many(model, task, records, loras) == [comparison.score(model, task, records, l)
                                                                  for l in loras]
+
+
+def test_score_cache_reads_only_intact_entries_of_their_own_key(tmp_path):
+    """A truncated score entry and an entry under another key's name are not read (a warning names the file)."""
+    import re
+
+    from llgbm_jax.evaluation.comparison import ScoreCache
+    from llgbm_jax.utils.io import CacheWarning
+
+    cache = ScoreCache(str(tmp_path))
+    key_a = {"model": "m", "task": "t", "questions": "q", "adapter": ["a"]}
+    key_b = dict(key_a, adapter=["b"])
+    result = [{"correct": True, "pred": "x", "gold": "x"}, {"correct": False, "pred": "y", "gold": "x"}]
+    assert cache.get(key_a) is None
+    cache.put(key_a, result)
+    assert cache.get(key_a) == result and cache.path(key_a) != cache.path(key_b)
+    entry = open(cache.path(key_a)).read()
+    with open(cache.path(key_a), "w") as f:
+        f.write(entry[:len(entry) // 2])
+    with pytest.warns(CacheWarning, match=re.escape(cache.path(key_a))):
+        assert cache.get(key_a) is None
+    with open(cache.path(key_b), "w") as f:
+        f.write(entry)
+    with pytest.warns(CacheWarning, match="stored key is another entry's"):
+        assert cache.get(key_b) is None
+    cache.put(key_b, result[:1])  # recomputed and written again
+    assert cache.get(key_b) == result[:1]

@@ -1,37 +1,23 @@
-"""The scripts users run first: the README's main command and the base-accuracy table."""
+"""Commands users run first: greedy chat with the embedded model and the base-accuracy table."""
 
 from __future__ import annotations
 
-import json
-import os
-import runpy
-import sys
-
 import collections
+import json
 
 import numpy as np
 import pytest
 
-from conftest import DATA_DIR, hf_generate, torch_option_logliks
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _run_script(name: str, argv: list[str]):
-    old = sys.argv
-    sys.argv = [name] + argv
-    try:
-        runpy.run_path(os.path.join(ROOT, "experiments", name), run_name="__main__")
-    finally:
-        sys.argv = old
+from conftest import DATA_DIR, hf_generate, run_cli, torch_option_logliks
 
 
 @pytest.mark.slow
-def test_generate_script_prints_answers(smollm2, smollm2_torch, torch_one_thread, capsys):
-    """The printed answer is transformers' greedy continuation of the same chat prompt."""
-    _run_script("generate.py", ["--prompt", "What is 2+2?", "--max-new-tokens", "8"])
+def test_chat_prints_answers(smollm2, smollm2_torch, torch_one_thread, capsys):
+    """`llgbm-jax chat`: the printed answer is transformers' greedy continuation of the same chat prompt."""
+    answers = run_cli(["chat", "What is 2+2?", "--max-new-tokens", "8"])
     out = capsys.readouterr().out
-    answer = out.split("> What is 2+2?\n", 1)[1].split("\n\n1 prompts x 8 new tokens", 1)[0]
+    answer = answers[0]
+    assert f"> What is 2+2?\n{answer}" in out
     model, tok = smollm2_torch
     ids = np.asarray([tok(smollm2.chat_prompt("What is 2+2?"), add_special_tokens=False)["input_ids"]])
     new = hf_generate(model, ids, np.ones_like(ids), 8, pad_token_id=smollm2.pad_token_id,
@@ -43,15 +29,15 @@ def test_generate_script_prints_answers(smollm2, smollm2_torch, torch_one_thread
 @pytest.mark.slow
 def test_eval_base_writes_table_and_json(smollm2, smollm2_torch, torch_one_thread, tmp_path, capsys):
     out_file = tmp_path / "base.json"
-    _run_script("eval_base.py", ["--tasks", "arc_e", "boolq", "--max-samples", "6", "--data-dir", DATA_DIR,
-                                 "--out", str(out_file), "--no-progress"])
+    run_cli(["base-accuracy", "--tasks", "arc_e", "boolq", "--max-samples", "6", "--data-dir", DATA_DIR,
+             "--out", str(out_file), "--no-progress"])
     printed = capsys.readouterr().out
     assert "ARC-e throughput" in printed and "majority" in printed
     result = json.loads(out_file.read_text())
     # The same numbers from an independent computation: transformers' option log-likelihoods on the
     # same 6 questions, and the answer counts of the records.
-    from llgbm_jax.evaluation import wilson_interval
-    from llgbm_jax.tasks import get_task
+    from llgbm_jax.scoring.stats import wilson_interval
+    from llgbm_jax.tasks.registry import get_task
 
     model, tok = smollm2_torch
     for name in ("arc_e", "boolq"):

@@ -12,12 +12,12 @@ import optax
 import pytest
 from flax import nnx
 
-from llgbm_jax.config import TrainingConfig
-from llgbm_jax.generator import (CONFIG_FILE, WEIGHTS_FILE, FittedStat, LoRAGenerator, create_generator,
-                                 generate_lora, generator_fn, load_generator, save_generator)
-from llgbm_jax.lora import ALL_MODULES, LoRA, LoRAConfig, check_lora
-from llgbm_jax.losses import DeltaWLoss
-from llgbm_jax.models.config import ModelConfig
+from llgbm_jax.base.config import ModelConfig
+from llgbm_jax.generator.config import TrainingConfig
+from llgbm_jax.generator.losses import DeltaWLoss
+from llgbm_jax.generator.model import (CONFIG_FILE, WEIGHTS_FILE, FittedStat, LoRAGenerator, create_generator,
+                                       generate_lora, generator_fn, load_generator, save_generator)
+from llgbm_jax.lora.adapter import ALL_MODULES, LoRA, LoRAConfig, check_lora
 
 TINY = ModelConfig("llama", vocab_size=160, hidden_size=64, intermediate_size=96, num_layers=2, num_heads=4,
                    num_kv_heads=2, head_dim=16)
@@ -53,7 +53,7 @@ def gen3():
 
 def random_model_params(config: ModelConfig, seed: int = 0) -> dict:
     """Random decoder parameters (norm weights near 1) in the layout `decoder.forward` takes."""
-    from llgbm_jax.models.state_dict import expected_shapes
+    from llgbm_jax.base.state_dict import expected_shapes
 
     rng = np.random.RandomState(seed)
     draw = lambda k, s: ((1.0 if "norm" in k else 0.0) + 0.1 * rng.randn(*s)).astype(np.float32)
@@ -67,7 +67,7 @@ def test_untrained_generator_leaves_the_base_model_unchanged(gen0):
     """B heads start at zero: every module's ΔW is exactly 0 in every layer, and a tiny decoder's logits with
     the generated (per-row) adapters equal those without; a non-zero B head does change them (so the check
     can fail)."""
-    from llgbm_jax.models import decoder
+    from llgbm_jax.base import decoder
 
     lora = generate(gen0, conditions(2))
     for m in ALL_MODULES:
@@ -242,7 +242,7 @@ def test_condition_normalizer_standardises(gen0):
 
 
 def _tiny_encoder():
-    from llgbm_jax.text_encoder import EncoderConfig, MiniLMEncoder
+    from llgbm_jax.conditions.text_encoder import EncoderConfig, MiniLMEncoder
 
     cfg = EncoderConfig(vocab_size=50, hidden_size=COND, num_layers=1, num_heads=2, intermediate_size=48,
                         max_position_embeddings=16, type_vocab_size=2, layer_norm_eps=1e-12)
@@ -356,7 +356,7 @@ def test_generate_lora_from_prompts():
     """One adapter from a list of prompts: the generator applied to the mean of their MiniLM embeddings.
     With the encoder attached (freeze_text_encoder=False: trained jointly, its weights in the parameters)
     the same numbers come through `condition_from_tokens`."""
-    from llgbm_jax.text_encoder import load_text_encoder
+    from llgbm_jax.conditions.text_encoder import load_text_encoder
 
     minilm = load_text_encoder()
     prompts = ["Which gas do plants absorb?", "What is the boiling point of water at sea level?", "Name a prime."]

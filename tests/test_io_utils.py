@@ -16,7 +16,7 @@ import textwrap
 
 import pytest
 
-from llgbm_jax import io_utils
+from llgbm_jax.utils import io as io_utils
 
 FILES = ("a.txt", "sub/b.txt")
 

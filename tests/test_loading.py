@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import os
 import re
@@ -15,11 +14,12 @@ import textwrap
 import jax
 import numpy as np
 import pytest
-from conftest import hf_forward, make_tiny_torch_model, max_diff_real, padded_batch
 from safetensors.numpy import load_file, save_file
 
-from llgbm_jax.models import load_base_model
-from llgbm_jax.models.checkpoint import MARKER, save_checkpoint
+from llgbm_jax.base.checkpoint import MARKER, save_checkpoint
+from llgbm_jax.base.model import load_base_model
+
+from conftest import help_text, hf_forward, make_tiny_torch_model, max_diff_real, padded_batch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -111,7 +111,7 @@ def test_missing_tensor(folder_copy):
 
 @pytest.mark.parametrize("keep", [0, 1000, 10**6, "half"])
 def test_truncated_gguf(tmp_path, monkeypatch, keep):
-    from llgbm_jax.models.base_model import embedded_gguf_path
+    from llgbm_jax.base.model import embedded_gguf_path
 
     monkeypatch.setenv("LLGBM_CACHE_DIR", str(tmp_path / "cache"))
     src = embedded_gguf_path("smollm2-135m-instruct")
@@ -146,7 +146,7 @@ def test_hub_id_offline_fails_fast(tmp_path):
     """A hub id that is not cached, offline: an error saying so within seconds, not a hang or retry loop."""
     script = textwrap.dedent("""
         import time
-        from llgbm_jax.models import load_base_model
+        from llgbm_jax.base import load_base_model
         t = time.perf_counter()
         try:
             load_base_model("Qwen/Qwen2.5-0.5B-Instruct")
@@ -186,20 +186,13 @@ def test_checkpoint_round_trip(tiny_model, tmp_path, dtype):
 
 # --- convert/hf_to_jax.py ------------------------------------------------------------------------
 
-def _cli():
-    spec = importlib.util.spec_from_file_location("hf_to_jax", os.path.join(REPO, "convert", "hf_to_jax.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_convert_cli(llama_folder, tmp_path, capsys):
-    cli = _cli()
-    with pytest.raises(SystemExit) as e:
-        cli.main(["--help"])
-    assert e.value.code == 0 and "--out" in capsys.readouterr().out
+    """`llgbm-jax convert hf-to-jax`: the checkpoint it writes loads as the same model."""
+    from llgbm_jax.cli import main
+
+    assert "hf-to-jax" in help_text(["convert"]) and "--dtype" in help_text(["convert", "hf-to-jax"])
     out = str(tmp_path / "converted")
-    cli.main([llama_folder, "--out", out, "--dtype", "bfloat16"])
+    assert main(["convert", "hf-to-jax", llama_folder, out, "--dtype", "bfloat16"]) == 0
     printed = capsys.readouterr().out
     assert "load source:" in printed and "load checkpoint:" in printed
     assert_same_model(load_base_model(out, "bfloat16"), load_base_model(llama_folder, "bfloat16"))
@@ -294,7 +287,7 @@ def test_gguf_rope_scaling_matches_transformers(tmp_path, scaling):
     its config.json (transformers' own GGUF loader ignores these keys, so it is not the reference here)."""
     import gguf
 
-    from llgbm_jax.models import decoder, gguf_file
+    from llgbm_jax.base import decoder, gguf_file
 
     rope = LLAMA3_ROPE if scaling == "llama3" else dict(rope_type="linear", factor=4.0)
     model = make_tiny_torch_model("llama", seed=4, rope_scaling=rope)
@@ -323,7 +316,7 @@ def test_gguf_rope_scaling_matches_transformers(tmp_path, scaling):
 def test_gguf_rope_keys_we_cannot_apply_are_refused(tmp_path, key, value, message):
     import gguf
 
-    from llgbm_jax.models import gguf_file
+    from llgbm_jax.base import gguf_file
 
     if key == "add_rope_scaling_type":
         value = gguf.RopeScalingType.YARN

@@ -14,12 +14,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import max_diff_real, padded_batch
 
 from llgbm_jax import FunctionalLoRA
-from llgbm_jax.lora import (ALL_MODULES, LoRA, LoRAConfig, check_lora, delta_w, init_lora, load_lora, save_lora,
-                            stack_loras, unstack_loras, zeros_lora)
-from llgbm_jax.models import decoder, load_base_model
+from llgbm_jax.base import decoder
+from llgbm_jax.base.model import load_base_model
+from llgbm_jax.lora.adapter import (ALL_MODULES, LoRA, LoRAConfig, check_lora, delta_w, init_lora, load_lora, save_lora,
+                                    stack_loras, unstack_loras, zeros_lora)
+
+from conftest import max_diff_real, padded_batch
 
 
 @pytest.fixture(scope="module")
@@ -294,7 +296,7 @@ def test_native_file_round_trip(llama, tmp_path):
 
 def test_onednn_matmuls_give_the_same_per_row_gradients(llama):
     """Loss and LoRA gradients (per-row adapters) compiled with oneDNN dots equal the default build."""
-    from llgbm_jax.models.cpu_matmul import compile_with_onednn
+    from llgbm_jax.base.cpu_matmul import compile_with_onednn
 
     ids, mask = batch(llama)
     weights = np.random.RandomState(1).randn(*ids.shape, llama.config.hidden_size).astype(np.float32)

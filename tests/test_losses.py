@@ -18,10 +18,11 @@ import numpy as np
 import pytest
 import torch
 
-from llgbm_jax.lora import ALL_MODULES, LoRA, LoRAConfig, fold_scaling, mean_lora, stack_loras
-from llgbm_jax.losses import (DeltaLoss, DeltaWLoss, MultiTaskLoss, WeightLoss, delta_w_cosine,
-                              delta_w_relative_error, delta_w_stats, stack_teachers)
-from llgbm_jax.models import ModelConfig
+from llgbm_jax.base.config import ModelConfig
+from llgbm_jax.generator.losses import (DeltaLoss, DeltaWLoss, MultiTaskLoss, WeightLoss, delta_w_cosine,
+                                        delta_w_relative_error, delta_w_stats, stack_teachers)
+from llgbm_jax.lora.adapter import ALL_MODULES, LoRA, LoRAConfig, stack_loras
+from llgbm_jax.lora.ops import fold_scaling, mean_lora
 
 CFG = ModelConfig("llama", 100, hidden_size=24, intermediate_size=40, num_layers=2, num_heads=3, num_kv_heads=1,
                   head_dim=8)
@@ -290,9 +291,9 @@ def test_weight_loss_on_folded_factors():
 
 @pytest.fixture(scope="module")
 def tiny_llama(tmp_path_factory):
-    from conftest import make_tiny_torch_model
+    from llgbm_jax.base.model import load_base_model
 
-    from llgbm_jax.models import load_base_model
+    from conftest import make_tiny_torch_model
 
     folder = tmp_path_factory.mktemp("tiny-llama-losses")
     make_tiny_torch_model("llama", seed=5, num_hidden_layers=1).save_pretrained(folder)
@@ -300,9 +301,9 @@ def tiny_llama(tmp_path_factory):
 
 
 def test_delta_loss_and_multitask(tiny_llama, monkeypatch):
-    from llgbm_jax import delta as delta_mod
-    from llgbm_jax.lora import init_lora
-    from llgbm_jax.probes import probe_set
+    from llgbm_jax.conditions import deltas as delta_mod
+    from llgbm_jax.conditions.probes import probe_set
+    from llgbm_jax.lora.adapter import init_lora
 
     model = tiny_llama
     rng = np.random.default_rng(0)
@@ -338,6 +339,7 @@ def test_delta_loss_and_multitask(tiny_llama, monkeypatch):
         raise AssertionError("lambda_delta == 0 ran the decoder")
 
     monkeypatch.setattr(delta_mod, "behavioural_delta", no_forward)
+    monkeypatch.setattr(delta_mod, "delta_fn", no_forward)  # the pure form a training step calls
     weight_only = MultiTaskLoss(delta_loss=dl)
     total, terms = jax.jit(lambda p, t, d: weight_only(p, t, d))(pred, teacher, t_delta)
     assert float(total) == float(terms["loss_weight"]) > 0 and float(terms["loss_delta"]) == 0.0

@@ -21,11 +21,12 @@ import jax
 import numpy as np
 import pytest
 import torch
-from conftest import hf_logits, load_in_peft, make_tiny_torch_model, max_diff_real, padded_batch
 
-from llgbm_jax.lora import ALL_MODULES, LoRAConfig, init_lora, load_lora, stack_loras
-from llgbm_jax.models import load_base_model
-from llgbm_jax.peft_io import load_peft_adapter, peft_key, save_peft_adapter
+from llgbm_jax.base.model import load_base_model
+from llgbm_jax.lora.adapter import ALL_MODULES, LoRAConfig, init_lora, load_lora, stack_loras
+from llgbm_jax.lora.peft import load_peft_adapter, peft_key, save_peft_adapter
+
+from conftest import hf_logits, load_in_peft, make_tiny_torch_model, max_diff_real, padded_batch
 
 TINY_TOL, SMOLLM2_TOL = 1e-4, 1e-3
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

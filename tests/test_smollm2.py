@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from conftest import hf_forward, hf_generate, max_diff_real
 
 pytestmark = pytest.mark.slow
@@ -48,8 +49,8 @@ def test_weights_match_transformers_gguf_loader(smollm2, smollm2_torch):
     """Same dequantized weights, bitwise; q/k specifically undo llama.cpp's row permutation."""
     import gguf
 
-    from llgbm_jax.models.base_model import embedded_gguf_path
-    from llgbm_jax.models.state_dict import LAYER_KEYS, hf_name
+    from llgbm_jax.base.model import embedded_gguf_path
+    from llgbm_jax.base.state_dict import LAYER_KEYS, hf_name
 
     model, _ = smollm2_torch
     sd = {k: v.detach().numpy() for k, v in model.state_dict().items()}
@@ -110,14 +111,15 @@ def test_bfloat16_no_further_from_float32_than_transformers_bfloat16(smollm2, sm
     float32: ours is no further, per logit (mean and max |difference|) and in argmax agreement. Ours keeps
     norms, rotary angles, attention softmax and logits in float32; transformers rounds each to bf16.
     Also printed: ours with transformers' RMSNorm rounding (normalised input and weight multiply in bf16
-    instead of one float32 multiply), to show which rounding is closer (README, "The base model")."""
+    instead of one float32 multiply), to show which rounding is closer (docs/base-model.md)."""
     import copy
 
     import jax
     import jax.numpy as jnp
     import torch
 
-    from llgbm_jax.models import BaseModel, decoder, load_base_model
+    from llgbm_jax.base import decoder
+    from llgbm_jax.base.model import BaseModel, load_base_model
 
     model, _ = smollm2_torch
     ids, mask = batch

@@ -1,4 +1,4 @@
-"""The generated task family (`llgbm_jax.task_family`): determinism, disjoint train/test pools, options,
+"""The generated task family (`llgbm_jax.tasks.family`): determinism, disjoint train/test pools, options,
 the word list, prompts and cloze tokenization on SmolLM2, and exact-match scoring."""
 
 from __future__ import annotations
@@ -7,8 +7,10 @@ import re
 
 import pytest
 
-from llgbm_jax import evaluation, task_family, tasks, teachers
-from llgbm_jax.task_family import KINDS, family_task, family_task_names, make_records
+from llgbm_jax import tasks, teachers
+from llgbm_jax.scoring import accuracy as evaluation
+from llgbm_jax.tasks import family as task_family
+from llgbm_jax.tasks.family import KINDS, family_task, family_task_names, make_records
 
 NAMES = family_task_names()
 
@@ -57,7 +59,7 @@ def test_no_test_input_or_item_in_train(kind):
     assert all(task_family.in_test_pool(w) for w in items(ev))
     # The project's leakage rule (question and option set) holds too.
     assert task_family.leaked_records(task) == []
-    assert not {tasks._content_key(r) for r in ev} & {tasks._content_key(r) for r in train}
+    assert not {tasks.question_key(r) for r in ev} & {tasks.question_key(r) for r in train}
 
 
 @pytest.mark.parametrize("kind", sorted(KINDS))
@@ -143,26 +145,25 @@ def test_exact_match_strips_whitespace_and_is_case_sensitive(smollm2, monkeypatc
 
 
 def test_experiment_trains_scores_and_reports_the_mean_of_teachers(tiny_smollm2_vocab, tmp_path, monkeypatch):
-    """experiments/task_family.py end to end on a tiny model: teachers through `build_zoo` (cloze and exact
+    """`llgbm-jax family` (`family_study`) end to end on a tiny model: teachers through `build_zoo` (cloze and exact
     match for base and teacher), the mean of the final teachers as one LoRA scored on every task, the
     table; a second call trains and scores nothing."""
     _, tiny = tiny_smollm2_vocab
     import dataclasses
     import json
     import os
-    import runpy
 
     import numpy as np
 
-    from llgbm_jax.lora import mean_lora
-    from llgbm_jax.peft_io import load_peft_adapter
+    from llgbm_jax.lora.ops import mean_lora
+    from llgbm_jax.lora.peft import load_peft_adapter
+    from llgbm_jax.teachers.family_study import family_study, family_zoo_config, format_table
 
-    script = runpy.run_path(os.path.join(os.path.dirname(__file__), "..", "experiments", "task_family.py"))
     names = ["fam_word_1", "fam_word_2"]
-    args = script["parse_args"](["--zoo-dir", str(tmp_path / "zoo"), "--tasks", *names, "--steps", "4",
-                                 "--save-every", "1", "--adapters-per-run", "2", "--eval-samples", "5",
-                                 "--out", str(tmp_path / "table.json"), "--no-progress"])
-    result = script["run"](args, base_model=tiny)
+    cfg = family_zoo_config(tasks=names, steps=4, save_every=1, adapters_per_run=2, eval_samples=5)
+    run = lambda: family_study(str(tmp_path / "zoo"), cfg, out=str(tmp_path / "table.json"), base_model=tiny,
+                               show_progress=False)
+    result = run()
     rows = result["rows"]
     assert [r["task"] for r in rows] == names and all(r["n"] == 5 and r["chance"] == 0.2 for r in rows)
     assert result["mean_of_teachers_rank"] == 2 * 8
@@ -175,7 +176,7 @@ def test_experiment_trains_scores_and_reports_the_mean_of_teachers(tiny_smollm2_
         em = json.load(open(os.path.join(zoo, r["task"], "run0", "step_00004", "test_details_exact_match.json")))
         assert len(em) == 5 and r["teacher_exact_match"] == np.mean([d["correct"] for d in em])
     # The cached mean-of-teachers scores are those of mean_lora of the two final adapters.
-    from llgbm_jax.evaluation import compute_accuracy_with_lora
+    from llgbm_jax.scoring.accuracy import compute_accuracy_with_lora
 
     finals = [load_peft_adapter(os.path.join(zoo, n, "run0", "step_00004")) for n in names]
     cache = json.load(open(os.path.join(zoo, "mean_of_teachers.json")))
@@ -183,19 +184,19 @@ def test_experiment_trains_scores_and_reports_the_mean_of_teachers(tiny_smollm2_
     again = compute_accuracy_with_lora(mean_lora(finals), tiny, task.load("eval")[:5], task,
                                        return_details=True, show_progress=False)
     assert [d["correct"] for d in again["details"]] == cache["tasks"][names[1]]["cloze_hits"]
-    assert "fam_word_2" in script["format_table"](rows).splitlines()[2]
+    assert "fam_word_2" in format_table(rows).splitlines()[2]
 
     def refuse(*a, **k):
         raise AssertionError("a finished experiment was trained or scored again")
 
-    monkeypatch.setattr(teachers, "train_run", refuse)
-    monkeypatch.setattr("llgbm_jax.evaluation.compute_accuracy_with_lora", refuse)
-    monkeypatch.setattr("llgbm_jax.evaluation.exact_match_accuracy", refuse)
-    assert script["run"](args, base_model=tiny)["rows"] == rows
+    monkeypatch.setattr("llgbm_jax.teachers.zoo.train_run", refuse)
+    monkeypatch.setattr("llgbm_jax.scoring.accuracy.compute_accuracy_with_lora", refuse)
+    monkeypatch.setattr("llgbm_jax.scoring.accuracy.exact_match_accuracy", refuse)
+    assert run()["rows"] == rows
 
     # exact_match=False (the cpu preset): the same zoo is scored again by cloze only (other scores, other key)
-    monkeypatch.setattr("llgbm_jax.evaluation.compute_accuracy_with_lora", compute_accuracy_with_lora)
-    cloze_only = dataclasses.replace(script["zoo_config"](args), exact_match=False)
+    monkeypatch.setattr("llgbm_jax.scoring.accuracy.compute_accuracy_with_lora", compute_accuracy_with_lora)
+    cloze_only = dataclasses.replace(cfg, exact_match=False)
     summary = teachers.build_zoo(zoo, cloze_only, base_model=tiny, show_progress=False)["summary"]
     assert [(s["base"], s["teacher"]) for s in summary] == [(r["base"], r["teacher"]) for r in rows]
     assert not any("teacher_exact_match" in s for s in summary)

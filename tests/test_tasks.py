@@ -8,9 +8,12 @@ import re
 
 import pytest
 
-from conftest import DATA_DIR
 from llgbm_jax import tasks
-from llgbm_jax.tasks import extract_bool_answer, extract_gsm8k_answer, extract_mcq_answer, get_task
+from llgbm_jax.tasks import formats
+from llgbm_jax.tasks.formats import extract_bool_answer, extract_gsm8k_answer, extract_mcq_answer
+from llgbm_jax.tasks.registry import get_task
+
+from conftest import DATA_DIR
 
 REGISTERED = ("arc_e", "boolq", "obqa", "gsm8k", "arc_e_cloze", "obqa_cloze")
 
@@ -53,7 +56,7 @@ def test_gsm8k_split_ranges_disjoint():
 
 
 def _question(record) -> str:
-    """The leakage rule, written independently of `tasks._content_key`: the prompt without option lines
+    """The leakage rule, written independently of `tasks.question_key`: the prompt without option lines
     ("A: ..", "1: ..") and "Please answer the question .." lines, lower-cased, punctuation and
     whitespace runs made single spaces."""
     lines = [line for line in record["prompt"].splitlines() if not re.match(r"\s*([A-Z]|[1-9])\s*:\s", line)
@@ -140,9 +143,9 @@ def test_cloze_form_of_mcq_records(name):
     letters, cloze = get_task(name).load("eval", DATA_DIR), get_task(f"{name}_cloze").load("eval", DATA_DIR)
     assert len(letters) == len(cloze)
     for mcq, c in zip(letters, cloze):
-        choices = dict(tasks.mcq_choices(mcq["prompt"]))
+        choices = dict(formats.mcq_choices(mcq["prompt"]))
         assert c["options"] == list(choices.values()) and c["response"] == choices[mcq["response"].strip()[1:-1]]
-        assert not tasks.mcq_labels(c["prompt"]) and "please answer" not in c["prompt"].lower()
+        assert not formats.mcq_labels(c["prompt"]) and "please answer" not in c["prompt"].lower()
         assert c["prompt"] in mcq["prompt"] and "system" not in c
     with pytest.raises(ValueError, match="cloze record needs 'options'"):
         tasks.answer_options({"prompt": "Q?", "response": "x", "options": ["x"]}, "cloze")
@@ -175,9 +178,9 @@ def test_further_file_pair_inferred(tmp_path):
     (tmp_path / "mine_test.json").write_text(json.dumps([rec("q3", 2)]))
     task = get_task("mine", str(tmp_path))
     assert task.task_type == "mcq" and task.options(task.load("eval", str(tmp_path))[0]) == ("[1]", "[2]")
-    assert tasks.infer_task_type(_raw("BoolQ_test.json")) == "bool"
-    assert tasks.infer_task_type(_raw("GSM8K.json")) == "gsm8k"
-    assert tasks.infer_task_type([tasks.mcq_to_cloze(r) for r in _raw("OBQA_test.json")]) == "cloze"
+    assert formats.infer_task_type(_raw("BoolQ_test.json")) == "bool"
+    assert formats.infer_task_type(_raw("GSM8K.json")) == "gsm8k"
+    assert formats.infer_task_type([tasks.mcq_to_cloze(r) for r in _raw("OBQA_test.json")]) == "cloze"
 
 
 # --- parsers --------------------------------------------------------------------------------------------
@@ -235,6 +238,6 @@ def test_extract_gsm8k_answer(text, expected):
 
 def test_gsm8k_numbers_compare_numerically():
     rec = {"prompt": "q", "response": "... #### 1,234"}
-    assert tasks.is_correct(1234.0, rec, "gsm8k") and not tasks.is_correct(1235.0, rec, "gsm8k")
-    assert not tasks.is_correct(None, rec, "gsm8k")
-    assert tasks.is_correct(extract_gsm8k_answer("Total: $1234.00."), rec, "gsm8k")
+    assert formats.is_correct(1234.0, rec, "gsm8k") and not formats.is_correct(1235.0, rec, "gsm8k")
+    assert not formats.is_correct(None, rec, "gsm8k")
+    assert formats.is_correct(extract_gsm8k_answer("Total: $1234.00."), rec, "gsm8k")

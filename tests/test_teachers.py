@@ -20,22 +20,22 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import runpy
-import subprocess
-import sys
 
 import jax
 import numpy as np
 import pytest
 import torch
-from conftest import DATA_DIR, hf_logits, load_in_peft, make_tiny_torch_model, max_diff_real, torch_option_logliks
 
-from llgbm_jax import evaluation as ev
-from llgbm_jax import optim, tasks, teachers
-from llgbm_jax.lora import LoRAConfig, init_lora
-from llgbm_jax.models import BaseModel, load_base_model
-from llgbm_jax.peft_io import load_peft_adapter, save_peft_adapter
-from llgbm_jax.tasks import get_task
+from llgbm_jax import tasks, teachers
+from llgbm_jax.base.model import BaseModel, load_base_model
+from llgbm_jax.lora.adapter import LoRAConfig, init_lora
+from llgbm_jax.lora.peft import load_peft_adapter, save_peft_adapter
+from llgbm_jax.scoring import accuracy as ev
+from llgbm_jax.tasks.registry import get_task
+from llgbm_jax.utils import optim
+from llgbm_jax.utils.io import content_key
+
+from conftest import DATA_DIR, hf_logits, load_in_peft, make_tiny_torch_model, max_diff_real, torch_option_logliks
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOSS_TOL = 1e-5  # |our sft_loss - transformers/PEFT loss|, float32, tiny model
@@ -197,7 +197,7 @@ def test_chunks_and_save_steps():
     n = {t: cpu.eval_samples_for(get_task(t)) for t in cpu.tasks}
     assert n["arc_e_cloze"] == 400 and n["fam_add_2"] == 64 and n["boolq"] == n["obqa_cloze"] == 32 and n["gsm8k"] == 8
     # At least 4 real-data tasks and 8 family tasks of at least 3 kinds, each with 8 adapters.
-    from llgbm_jax.task_family import family_task_names, kind_of
+    from llgbm_jax.tasks.family import family_task_names, kind_of
 
     family = [t for t in cpu.tasks if t in family_task_names()]
     assert len(cpu.tasks) - len(family) >= 4 and len(family) >= 8 and len({kind_of(t) for t in family}) >= 3
@@ -216,7 +216,7 @@ class StepCounter:
     def __init__(self, monkeypatch, kill_after=None):
         self.calls, self.kill_after = 0, kill_after
         self.inner = getattr(teachers.train_step, "inner", teachers.train_step)  # the real one
-        monkeypatch.setattr(teachers, "train_step", self)
+        monkeypatch.setattr(teachers.run, "train_step", self)  # where train_run looks it up
 
     def __call__(self, *args):
         if self.kill_after is not None and self.calls >= self.kill_after:
@@ -271,7 +271,7 @@ def test_resume_refused_when_the_start_differs(tiny, arc_e, tmp_path, monkeypatc
     teachers.train_run(ours, task, train[:30], SHORT, run_dir, seed=5, show_progress=False, stop_after=2)
     record = read_json(os.path.join(run_dir, teachers.START_RECORD))
     assert record == teachers.start_record(ours, task, train[:30], SHORT, 5)
-    assert record["data"] == {"records": 30, "fingerprint": teachers.fingerprint(train[:30])}
+    assert record["data"] == {"records": 30, "fingerprint": content_key(train[:30])}
     counter = StepCounter(monkeypatch)
     changed = train[:29] + [dict(train[29], response="[A]" if train[29]["response"] != "[A]" else "[B]")]
     for kwargs, names in [
@@ -311,7 +311,7 @@ def test_exported_adapters_load_in_peft_with_prompts_and_metrics(tiny, arc_e, tm
         metrics = read_json(os.path.join(a["path"], "metrics.json"))
         prompts = read_json(os.path.join(a["path"], "prompts.json"))
         assert metrics["task"] == "arc_e" and metrics["step"] == a["step"] and metrics["seed"] == 2
-        assert metrics["data"] == {"chunk": 0, "records": 30, "fingerprint": teachers.fingerprint(records),
+        assert metrics["data"] == {"chunk": 0, "records": 30, "fingerprint": content_key(records),
                                    "leakage_rule": tasks.LEAKAGE_RULE} and metrics["examples"] == 30
         window = res.history["loss"][a["step"] - SHORT.save_every:a["step"]]
         assert metrics["train_loss"] == pytest.approx(np.mean(window))
@@ -400,11 +400,12 @@ def test_build_zoo_manifest_and_no_retraining(tiny, small_data, tmp_path, monkey
         assert s["only_new_correct"] == sum(t > b for t, b in zip(t_hits, b_hits))
 
     # The script's report: one table line per run, and the loss curves as a PNG.
-    script = runpy.run_path(os.path.join(ROOT, "experiments", "train_teachers.py"))
-    table = script["summary_table"](manifest).splitlines()
+    from llgbm_jax.teachers.report import plot_loss_curves, summary_table
+
+    table = summary_table(manifest).splitlines()
     assert len(table) == 3 and table[1].startswith("arc_e    run0") and table[2].startswith("arc_e    run1")
     assert f"{manifest['summary'][0]['gain']:+.3f}" in table[1]
-    png = script["plot_loss_curves"](zoo_dir, manifest, str(tmp_path / "curves.png"))
+    png = plot_loss_curves(zoo_dir, manifest, str(tmp_path / "curves.png"))
     assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
 
     # Second call: nothing is trained or evaluated, no adapter file is rewritten.
@@ -414,7 +415,7 @@ def test_build_zoo_manifest_and_no_retraining(tiny, small_data, tmp_path, monkey
         raise AssertionError("build_zoo retrained or re-evaluated a finished run")
 
     real_train_run, real_scoring = teachers.train_run, ev.compute_accuracy_with_lora
-    monkeypatch.setattr(teachers, "train_run", refuse)
+    monkeypatch.setattr(teachers.zoo, "train_run", refuse)
     monkeypatch.setattr(ev, "compute_accuracy_with_lora", refuse)
     again = teachers.build_zoo(zoo_dir, cfg, base_model=ours, data_dir=small_data, show_progress=False)
     assert again["adapters"] == adapters and again["summary"] == manifest["summary"]
@@ -423,9 +424,10 @@ def test_build_zoo_manifest_and_no_retraining(tiny, small_data, tmp_path, monkey
     assert {k: v for k, v in after.items() if k != "manifest.json"} == {
         k: v for k, v in before.items() if k != "manifest.json"}
 
-    # experiments/verify_zoo.py: every adapter loads in PEFT (strictly) and matches our logits; a damaged
+    # `llgbm-jax verify zoo`: every adapter loads in PEFT (strictly) and matches our logits; a damaged
     # adapter is reported, not skipped.
-    verify = runpy.run_path(os.path.join(ROOT, "experiments", "verify_zoo.py"))["verify_adapters"]
+    from llgbm_jax.evaluation.verify import verify_adapters as verify
+
     results = verify(zoo_dir, adapters, ours, tiny[0], tol=1e-4)
     assert [r["path"] for r in results] == [a["path"] for a in adapters]
     assert all(r["ok"] and r["max_abs_logit_diff"] <= 1e-4 for r in results), results
@@ -459,24 +461,15 @@ def test_build_zoo_manifest_and_no_retraining(tiny, small_data, tmp_path, monkey
     message = str(e.value)
     assert "arc_e/run0" in message and "arc_e/run1" in message and "--rebuild-stale" in message
     assert "data.fingerprint" in message and "data.records: 12 -> 11" in message
-    monkeypatch.setattr(teachers, "train_run", real_train_run)
+    monkeypatch.setattr(teachers.zoo, "train_run", real_train_run)
     rebuilt = teachers.build_zoo(zoo_dir, cfg, base_model=ours, data_dir=small_data, show_progress=False,
                                  rebuild_stale=True)
     assert rebuilt["leakage"]["arc_e"] == {"train_records": 24, "removed": 1, "kept": 23}
     chunks = teachers.chunk_records(get_task("arc_e").load("train", small_data), 2, cfg.seed)
     assert first not in chunks[0] + chunks[1]
     for a in rebuilt["adapters"]:
-        assert a["metrics"]["data"]["fingerprint"] == teachers.fingerprint(chunks[int(a["run"][3:])])
+        assert a["metrics"]["data"]["fingerprint"] == content_key(chunks[int(a["run"][3:])])
     assert [s["n"] for s in rebuilt["summary"]] == [4, 4]
-
-
-def test_train_teachers_help():
-    out = subprocess.run([sys.executable, os.path.join(ROOT, "experiments", "train_teachers.py"), "--help"],
-                         capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    for flag in ("--preset", "--zoo-dir", "--tasks", "--runs-per-task", "--steps", "--data-dir", "--model",
-                 "--rebuild-stale"):
-        assert flag in out.stdout
 
 
 @pytest.mark.slow
@@ -499,9 +492,3 @@ def test_smollm2_teacher_adapter_loads_in_peft_with_our_logits(smollm2, smollm2_
     print(f"PEFT vs ours max |logit diff| {diff:.1e}; adapter vs base {moved:.2e}; losses {res.history['loss']}")
     assert diff <= SMOLLM2_TOL
     assert moved > 10 * SMOLLM2_TOL
-
-
-def test_teacher_pilot_help():
-    out = subprocess.run([sys.executable, os.path.join(ROOT, "experiments", "teacher_pilot.py"), "--help"],
-                         capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0 and "arc_e_cloze" in out.stdout, out.stderr

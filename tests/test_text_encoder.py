@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from llgbm_jax.conditions import text_encoder as te
+from llgbm_jax.tasks.registry import get_task
+
 from conftest import DATA_DIR
-from llgbm_jax import text_encoder as te
-from llgbm_jax.tasks import get_task
 
 COS_TOL = 1e-6   # per-sentence cosine with sentence-transformers >= 1 - COS_TOL (seen: 6e-8)
 DIFF_TOL = 1e-5  # and every component within this (seen: 2.4e-7)

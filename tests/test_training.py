@@ -1,4 +1,4 @@
-"""`llgbm_jax.training`: the optimizer schedule, loss going down, exact resumption, refusals, NaN stops,
+"""`llgbm_jax.generator.training`: the optimizer schedule, loss going down, exact resumption, refusals, NaN stops,
 gradient accumulation and the evaluation metrics, on a small zoo of random teachers (no base model)."""
 
 from __future__ import annotations
@@ -8,13 +8,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from test_dataset import MC, fake_embed, write_zoo
 
-from llgbm_jax.config import TrainingConfig
-from llgbm_jax.dataset import RealAdapterDataset
-from llgbm_jax.generator import LoRAGenerator
-from llgbm_jax.lora import LoRAConfig, delta_w
-from llgbm_jax.training import TrainingDiverged, delta_w_metrics, evaluate, split_generator, train
+from llgbm_jax.generator.config import TrainingConfig
+from llgbm_jax.generator.dataset import RealAdapterDataset
+from llgbm_jax.generator.model import LoRAGenerator
+from llgbm_jax.generator.training import TrainingDiverged, delta_w_metrics, evaluate, split_generator, train
+from llgbm_jax.lora.adapter import LoRAConfig, delta_w
+
+from test_dataset import MC, fake_embed, write_zoo
 
 STEPS = 12
 
@@ -101,9 +102,9 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(zoo, tmp_path):
     ds.teachers.B["q_proj"][3] = np.nan  # one poisoned teacher: the first batch that holds it diverges
     with pytest.raises(TrainingDiverged, match=r"step (\d+): the loss is nan.*last good checkpoint is step (\d+)") as e:
         train(generator(cfg), ds, cfg, show_progress=False)
-    from llgbm_jax.checkpointing import TrainCheckpointer
-
     import re
+
+    from llgbm_jax.utils.checkpointing import TrainCheckpointer
 
     bad_step, saved = map(int, re.search(r"step (\d+): .*step (\d+) in", str(e.value)).groups())
     assert saved == (TrainCheckpointer(cfg.checkpoint_dir).latest_step() or 0) == 4 * ((bad_step - 1) // 4)
@@ -138,7 +139,7 @@ def test_evaluate_reports_delta_w_metrics_that_match_dense(zoo, tmp_path):
     res = evaluate(gen, held, cfg)
     assert res["n_adapters"] == 2 and res["adapters"] == held.splits.heldout_adapters
     batch = held.collate_fn([held.sample(i) for i in range(len(held))])
-    from llgbm_jax.training import generate_batch
+    from llgbm_jax.generator.training import generate_batch
 
     pred = generate_batch(gen, batch)
     for m, got in res["delta_w"]["per_module"].items():

@@ -1,4 +1,4 @@
-"""`experiments/verify_generated.py` and the PyTorch task scorer it uses (`llgbm_jax.reference`).
+"""`llgbm-jax verify generated` (`llgbm_jax.evaluation.verify.verify_generated`) and the PyTorch task scorer it uses (`llgbm_jax.evaluation.reference`).
 
 Reference: transformers + PEFT on the same weights and adapter folder. Tolerances (float32): tiny model,
 summed option log-probabilities 1e-4 absolute and greedy gsm8k text identical; SmolLM2-135M (slow),
@@ -10,38 +10,27 @@ from __future__ import annotations
 
 import json
 import os
-import runpy
-import sys
 
 import jax
 import numpy as np
 import pytest
-from conftest import DATA_DIR, load_in_peft, make_tiny_torch_model
 
-from llgbm_jax.config import TrainingConfig
-from llgbm_jax.evaluation import compute_accuracy_with_lora, generate_texts, score_options
-from llgbm_jax.lora import LoRAConfig, init_lora
-from llgbm_jax.models import load_base_model
-from llgbm_jax.peft_io import load_peft_adapter, save_peft_adapter
-from llgbm_jax.reference import torch_accuracy, torch_generate_texts, torch_option_scores, torch_tokenizer
-from llgbm_jax.tasks import get_task
+from llgbm_jax.cli import main as cli_main
+from llgbm_jax.evaluation.reference import torch_accuracy, torch_generate_texts, torch_option_scores, torch_tokenizer
+from llgbm_jax.generator.config import TrainingConfig
+from llgbm_jax.lora.adapter import LoRAConfig, init_lora
+from llgbm_jax.lora.peft import load_peft_adapter, save_peft_adapter
+from llgbm_jax.scoring.accuracy import compute_accuracy_with_lora, generate_texts, score_options
+from llgbm_jax.tasks.registry import get_task
+
+from conftest import DATA_DIR, load_in_peft, run_cli
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
-SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments",
-                      "verify_generated.py")
 
 
 @pytest.fixture(scope="module")
-def tiny(smollm2, tmp_path_factory):
-    """``(folder, torch_model, ours)``: a tiny random Llama with SmolLM2's vocabulary and tokenizer saved as
-    a Hugging Face folder (so a run config can name it as its base model), and our `BaseModel` of it."""
-    torch_model = make_tiny_torch_model("llama", seed=5, vocab_size=smollm2.config.vocab_size, hidden_size=32,
-                                        intermediate_size=48, num_attention_heads=2, num_key_value_heads=1,
-                                        bos_token_id=1, eos_token_id=2, pad_token_id=2, initializer_range=0.3)
-    folder = str(tmp_path_factory.mktemp("tiny-verify"))
-    torch_model.save_pretrained(folder)
-    smollm2.tokenizer.save_pretrained(folder)
-    return folder, torch_model, load_base_model(folder)
+def tiny(tiny_folder):
+    return tiny_folder
 
 
 @pytest.fixture(scope="module")
@@ -103,12 +92,7 @@ def reported(ours, adapter, task_name, n, shift=0):
 
 
 def run_script(argv):
-    sys.path.insert(0, os.path.dirname(SCRIPT))
-    try:
-        import verify_generated
-    finally:
-        sys.path.pop(0)
-    return verify_generated.main(argv)
+    return run_cli(["verify", "generated", *argv])
 
 
 def test_script_agrees_and_fails_on_a_wrong_reported_number(tiny, adapter, tmp_path, capsys):
@@ -131,14 +115,7 @@ def test_script_agrees_and_fails_on_a_wrong_reported_number(tiny, adapter, tmp_p
     shift = 3 if acc["arc_e_cloze"]["generated"]["correct"] <= 2 else -3
     acc["arc_e_cloze"] = reported(ours, adapter, "arc_e_cloze", 5, shift)
     bad = write_run(tmp_path / "bad", tiny, adapter, acc, ["arc_e_cloze", "obqa_cloze"], missing=["obqa_cloze"])
-    argv = sys.argv
-    sys.argv = [SCRIPT, "--run-dir", bad, "--n", "5", "--no-progress"]
-    try:
-        with pytest.raises(SystemExit) as exit_info:
-            runpy.run_path(SCRIPT, run_name="__main__")
-    finally:
-        sys.argv = argv
-    assert exit_info.value.code == 1
+    assert cli_main(["verify", "generated", "--run-dir", bad, "--n", "5", "--no-progress"]) == 1
     saved = json.loads((tmp_path / "bad" / "verify_generated.json").read_text())
     arc = saved["tasks"]["arc_e_cloze"]
     assert not saved["ok"] and not arc["ok"] and arc["checks"] == {
