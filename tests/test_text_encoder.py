@@ -189,7 +189,7 @@ def test_embedding_cache_killed_write_leaves_nothing(encoder, tmp_path, monkeypa
 
 
 def test_hash_is_content_based_and_stable_across_processes(encoder, tmp_path):
-    code = ("from llgbm_jax import text_encoder as te; "
+    code = ("from llgbm_jax.conditions import text_encoder as te; "
             "print(te.folder_hash(te.read_layout(te.embedded_folder())))")
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert other.stdout.strip() == encoder.hash and len(encoder.hash) == 64
