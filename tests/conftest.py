@@ -107,8 +107,12 @@ def torch_option_logliks(model, tok, prompt: str, options) -> list[float]:
     ids = torch.tensor([s + [0] * (width - len(s)) for s in seqs])
     mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs])
     with torch.no_grad():
-        logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.double(), -1)
-    return [float(sum(logp[i, n - 1, s[n]] for n in range(len(p_ids), len(s)))) for i, s in enumerate(seqs)]
+        logits = model(input_ids=ids, attention_mask=mask).logits
+    out = []
+    for i, s in enumerate(seqs):  # log-softmax over the vocabulary at the answer's positions only
+        logp = torch.log_softmax(logits[i, len(p_ids) - 1:len(s) - 1].double(), -1)
+        out.append(float(logp[torch.arange(len(s) - len(p_ids)), torch.tensor(s[len(p_ids):])].sum()))
+    return out
 
 
 def run_cli(argv, **kwargs):
