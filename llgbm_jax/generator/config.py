@@ -63,6 +63,7 @@ class TrainingConfig:
     checkpoint_every: int = 100
     heldout_prompt_fraction: float = 0.25  # of each adapter's prompts, reserved for evaluation conditions
     teacher_checkpoints: str = "final"  # training targets: each teacher run's "final" adapter, or "all" its checkpoints
+    data_parallel_devices: int | None = None  # the mesh's data axis (None: as many local devices as divide batch_size)
 
     def __post_init__(self):
         if isinstance(self.target_modules, list):
@@ -109,6 +110,9 @@ class TrainingConfig:
         need(self.loss_normalize in DeltaWLoss.NORMALIZE, "loss_normalize", f"must be one of {DeltaWLoss.NORMALIZE}")
         need(0 < self.heldout_prompt_fraction < 1, "heldout_prompt_fraction", "must be in (0, 1)")
         need(self.teacher_checkpoints in CHECKPOINTS, "teacher_checkpoints", f"must be one of {CHECKPOINTS}")
+        need(self.data_parallel_devices is None or (isinstance(self.data_parallel_devices, int)
+             and self.data_parallel_devices > 0 and self.batch_size % self.data_parallel_devices == 0),
+             "data_parallel_devices", f"must be None or a positive divisor of batch_size={self.batch_size}")
         need(bool(self.target_modules) and all(m in ALL_MODULES for m in self.target_modules), "target_modules",
              f"must be a non-empty subset of {ALL_MODULES}")
         need(self.delta_batch_probes <= self.num_probes or self.lambda_delta == 0, "delta_batch_probes",

@@ -31,9 +31,11 @@ from llgbm_jax.generator.losses import DeltaInputs, MultiTaskLoss
 from llgbm_jax.lora.adapter import LoRA
 from llgbm_jax.utils import optim
 from llgbm_jax.utils.checkpointing import TrainCheckpointer
+from llgbm_jax.utils.mesh import data_devices, data_mesh, replicated, split_along
 
 # Fields that may change between a run and its resumption (where things are written, how often).
-RESUMABLE_CHANGES = ("checkpoint_dir", "output_dir", "delta_cache_dir", "embedding_cache_dir", "checkpoint_every")
+RESUMABLE_CHANGES = ("checkpoint_dir", "output_dir", "delta_cache_dir", "embedding_cache_dir", "checkpoint_every",
+                     "data_parallel_devices")
 
 
 class TrainingDiverged(FloatingPointError):
@@ -163,7 +165,12 @@ def train(generator, dataset, config: TrainingConfig, *, loss: MultiTaskLoss | N
         params, opt_state = arrays["params"], arrays["opt_state"]
         state = TrainingState(**meta["state"])
     batches = dataset.batches(config.batch_size, state.data_state or None, teachers=False)
-    teachers = jax.device_put(dataset.teachers)  # once; each step gathers its batch's rows
+    # Data parallel: micro-batches [k, B, ...] split along B over the mesh; everything else replicated.
+    mesh = data_mesh(data_devices(config.batch_size, config.data_parallel_devices))
+    params, opt_state = jax.device_put((params, opt_state), replicated(mesh))
+    teachers = jax.device_put(dataset.teachers, replicated(mesh))  # once; each step gathers its batch's rows
+    if delta is not None:
+        delta = jax.device_put(delta, replicated(mesh))
     lrs = np.asarray(jax.vmap(schedule)(jnp.arange(config.num_steps)))  # the learning rate of every step
     step_fn = make_train_step(graphdef, rest, tx, objective)
     k = config.gradient_accumulation_steps
@@ -176,7 +183,7 @@ def train(generator, dataset, config: TrainingConfig, *, loss: MultiTaskLoss | N
 
     def next_micro_batches():
         micro = [_device_batch(next(batches)) for _ in range(k)]
-        return jax.tree_util.tree_map(lambda *xs: np.stack(xs), *micro)
+        return jax.device_put(jax.tree_util.tree_map(lambda *xs: np.stack(xs), *micro), split_along(mesh, 1))
 
     bar = tqdm(total=config.num_steps, initial=state.step, disable=not show_progress, desc="generator")
     try:
