@@ -32,7 +32,7 @@ EIGHT_DEVICES = textwrap.dedent("""
     zoo, out = sys.argv[1], sys.argv[2]
     assert jax.device_count() == 8
     from llgbm_jax.utils.mesh import data_devices
-    assert data_devices(8) == 8 and data_devices(12) == 4  # the default: every device that divides the batch
+    assert data_devices(8) == 8 and data_devices(12) == 4  # the default: gcd(batch size, devices)
     mc = ModelConfig.from_dict(json.load(open(out + "/model_config.json")))
     embed = lambda texts: np.stack([np.random.default_rng(zlib.crc32(t.encode())).normal(size=384)
                                     for t in texts]).astype(np.float32)

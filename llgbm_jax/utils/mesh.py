@@ -15,7 +15,7 @@ DATA = "data"
 
 def data_devices(batch_size: int, requested: int | None = None) -> int:
     """How many devices a batch of ``batch_size`` is split over: ``requested`` (it must divide the batch and
-    not exceed the local devices), else the largest count that divides the batch among the local devices."""
+    not exceed the local devices), else the greatest common divisor of the batch size and the local device count."""
     local = jax.local_device_count()
     if requested is None:
         return math.gcd(batch_size, local)
