@@ -137,11 +137,16 @@ class BaseModel:
         padding = attention.padding_for(attention_mask, self.dtype)
         return self._hidden(self.params, input_ids, attention_mask, lora, padding)
 
-    def generate(self, input_ids, attention_mask, max_new_tokens: int, lora=None) -> jax.Array:
-        """Greedy new tokens ``[batch, max_new_tokens]``, ``pad_token_id`` after each row's EOS."""
-        return decoder.generate(self.params, self.config, jnp.asarray(input_ids), jnp.asarray(attention_mask),
+    def generate(self, input_ids, attention_mask, max_new_tokens: int, lora=None, *, placer=None) -> jax.Array:
+        """Greedy new tokens ``[batch, max_new_tokens]``, ``pad_token_id`` after each row's EOS. ``placer`` (a
+        `llgbm_jax.utils.mesh.BatchPlacer`) splits the rows (and per-row adapters) over its devices."""
+        padding = attention.padding_for(attention_mask, self.dtype)
+        params, rows = (self.params, jnp.asarray) if placer is None else (placer.params(self), placer.rows)
+        if lora is not None and placer is not None:
+            lora = placer.shared(lora) if lora.batch_shape == () else placer.rows(lora)
+        return decoder.generate(params, self.config, rows(np.asarray(input_ids)), rows(np.asarray(attention_mask)),
                                 lora, max_new_tokens=max_new_tokens, eos_ids=self.eos_token_ids,
-                                pad_id=self.pad_token_id, padding=attention.padding_for(attention_mask, self.dtype))
+                                pad_id=self.pad_token_id, padding=padding)
 
     # --- text helpers -------------------------------------------------------------------------
     def chat_prompt(self, user: str, system: str | None = None) -> str:

@@ -35,6 +35,7 @@ from llgbm_jax.scoring.stats import wilson_interval
 from llgbm_jax.tasks.formats import Record
 from llgbm_jax.tasks.registry import Task, resolve_task
 from llgbm_jax.utils.compile_stats import reports_compilations
+from llgbm_jax.utils.mesh import BatchPlacer
 
 GENERATION_BATCH = 16  # prompts per greedy-decoding batch
 OPTION_BATCH = 16  # questions per option-scoring batch (8 was 10% slower per question on the family tasks)
@@ -148,14 +149,16 @@ def _progress(total: int, show: bool, desc: str):
 
 def score_options(base_model, prompts: Sequence[str], options: Sequence[Sequence[str]], lora: LoRA | None = None, *,
                   batch_size: int = 8, pad_to_multiple_of: int = 32, share_prefix: bool = True,
-                  show_progress: bool = False, desc: str = "scoring") -> tuple[list[np.ndarray], int]:
+                  show_progress: bool = False, desc: str = "scoring",
+                  devices: int | None = None) -> tuple[list[np.ndarray], int]:
     """Summed log-probability of each option string after each (already formatted) prompt.
 
     With ``share_prefix`` (and no per-question adapters), the token prefix common to all prompts
     (system message and template, about half of each prompt here) is run once and its KV cache reused.
     Returns ``(scores, boundary_merges)``: ``scores[i]`` is a float64 array with one entry per option
     of question i; ``boundary_merges`` counts prompts whose tokenization merged across the prompt/answer
-    boundary (see `split_answer_tokens`).
+    boundary (see `split_answer_tokens`). Each batch's questions are split over ``devices`` devices (default:
+    as many as divide ``batch_size``), the model replicated (`llgbm_jax.utils.mesh.BatchPlacer`).
     """
     n = len(prompts)
     if n == 0:
@@ -168,7 +171,9 @@ def score_options(base_model, prompts: Sequence[str], options: Sequence[Sequence
     s = 0
     if share_prefix and not per_row:
         s = min(common_prefix_length([pre for pre, _, _ in splits]), min(len(pre) for pre, _, _ in splits) - 1)
-    prefix = (prefix_cache(base_model.params, base_model.config, np.asarray(splits[0][0][:s], np.int32), lora)
+    placer = BatchPlacer(batch_size, devices)
+    params = placer.params(base_model)
+    prefix = (prefix_cache(params, base_model.config, np.asarray(splits[0][0][:s], np.int32), placer.shared(lora))
               if s > 0 else None)
     k_max = max(len(o) for o in options)
     t_len = [max(len(t) for t in toks) for _, toks, _ in splits]
@@ -191,8 +196,10 @@ def score_options(base_model, prompts: Sequence[str], options: Sequence[Sequence
                     opt[r, j, :len(tk)], opt_mask[r, j, :len(tk)] = tk, 1
                 for j in range(len(toks), k_max):  # absent options: a copy of option 0, ignored below
                     opt[r, j], opt_mask[r, j] = opt[r, 0], opt_mask[r, 0]
-            lp = option_token_logprobs(base_model.params, base_model.config, ids, mask, opt, opt_mask,
-                                       _lora_rows(lora, idx, n), prefix)
+            rows = _lora_rows(lora, idx, n)
+            rows = placer.rows(rows) if per_row else placer.shared(rows)
+            lp = option_token_logprobs(params, base_model.config, *placer.rows((ids, mask, opt, opt_mask)), rows,
+                                       prefix)
             sums = np.asarray(lp, np.float64).sum(-1)
             for r, i in enumerate(idx[:real]):
                 scores[i] = sums[r, :len(options[i])]
@@ -294,16 +301,18 @@ def exact_match_accuracy(lora: LoRA | None, base_model, eval_samples: Sequence[R
 def generate_texts(base_model, prompts: Sequence[str], lora: LoRA | None = None, *,
                    batch_size: int = GENERATION_BATCH,
                    max_new_tokens: int = 256, pad_to_multiple_of: int = 32, show_progress: bool = False,
-                   desc: str = "generating") -> list[str]:
-    """Greedy completions of formatted prompts (KV cache), decoded and cut at end-of-sequence."""
+                   desc: str = "generating", devices: int | None = None) -> list[str]:
+    """Greedy completions of formatted prompts (KV cache), decoded and cut at end-of-sequence. Each batch is
+    split over ``devices`` devices (default: as many as divide ``batch_size``)."""
     n = len(prompts)
+    placer = BatchPlacer(batch_size, devices)
     lengths = [len(x) for x in base_model.tokenizer(list(prompts), add_special_tokens=False)["input_ids"]]
     texts: list[str | None] = [None] * n
     with _progress(n, show_progress, desc) as bar:
         for idx, real in _batches(np.argsort(lengths, kind="stable"), batch_size):
             ids, mask = base_model.encode([prompts[i] for i in idx], padding_side="left",
                                           pad_to_multiple_of=pad_to_multiple_of)
-            new = base_model.generate(ids, mask, max_new_tokens, lora=_lora_rows(lora, idx, n))
+            new = base_model.generate(ids, mask, max_new_tokens, lora=_lora_rows(lora, idx, n), placer=placer)
             for i, text in zip(idx[:real], base_model.decode(new)[:real]):
                 texts[i] = text
             bar.update(real)

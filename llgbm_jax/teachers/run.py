@@ -20,6 +20,7 @@ from llgbm_jax.teachers.sft import batch_plan, collate, encode_sft, train_step
 from llgbm_jax.utils import optim
 from llgbm_jax.utils.checkpointing import TrainCheckpointer
 from llgbm_jax.utils.io import content_key, read_json, write_json_atomic
+from llgbm_jax.utils.mesh import data_devices, data_mesh, replicated, split_along
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,14 +117,19 @@ def start_record_changes(run_dir: str, record: dict) -> list[str]:
 
 def train_run(base_model, task, records: Sequence[dict], cfg: TeacherConfig, run_dir: str, *, seed: int,
               on_adapter=None, show_progress: bool = True, stop_after: int | None = None,
-              data_info: dict | None = None) -> RunResult:
+              data_info: dict | None = None, data_parallel_devices: int | None = None) -> RunResult:
     """Train one adapter on ``records``; export a PEFT folder at every step of ``cfg.save_steps()``
     to ``run_dir/step_XXXXX`` (with ``prompts.json`` and ``metrics.json``, which also records
     ``data_info``: where ``records`` came from, and their fingerprint). Writes ``run_dir/history.json``
     (loss, gradient norm and lr per step) when it ends. Resumes from the orbax state in
     ``run_dir/state`` if a previous run was killed; a run folder started with another configuration,
     seed, task, base model or other records (`start_record`) raises `StaleRunError` naming what
-    changed. ``stop_after`` ends early (tests)."""
+    changed. ``stop_after`` ends early (tests).
+
+    Each batch is split over a mesh of ``data_parallel_devices`` devices (default: as many as divide the batch
+    size, `llgbm_jax.utils.mesh.data_devices`), the adapter and optimiser state replicated: the same adapters on
+    one device and on many, within float tolerance. Not part of the start record: a run may resume on another
+    mesh."""
     from tqdm.auto import tqdm
 
     from llgbm_jax.lora.peft import save_peft_adapter
@@ -156,13 +162,16 @@ def train_run(base_model, task, records: Sequence[dict], cfg: TeacherConfig, run
         start, state, meta = restored
         lora, opt_state = state["lora"], state["opt_state"]
         history, adapters = meta["history"], meta["adapters"]
+    mesh = data_mesh(data_devices(cfg.batch_size, data_parallel_devices))
+    lora, opt_state = jax.device_put((lora, opt_state), replicated(mesh))
+    params = jax.device_put(base_model.params, replicated(mesh)) if mesh.size > 1 else base_model.params
     save_steps = set(cfg.save_steps())
     t0 = time.perf_counter()
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not show_progress,
                desc=f"{task.name} {os.path.basename(run_dir)}")
     for step in bar:
-        batch = collate([examples[i] for i in plan[step]], base_model.pad_token_id)
-        lora, opt_state, m = train_step(lora, opt_state, base_model.params, base_model.config, tx, batch, cfg.remat)
+        batch = jax.device_put(collate([examples[i] for i in plan[step]], base_model.pad_token_id), split_along(mesh, 0))
+        lora, opt_state, m = train_step(lora, opt_state, params, base_model.config, tx, batch, cfg.remat)
         history["loss"].append(float(m["loss"]))
         history["grad_norm"].append(float(m["grad_norm"]))
         history["lr"].append(float(schedule(step)))

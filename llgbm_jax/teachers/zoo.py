@@ -35,6 +35,7 @@ class ZooConfig:
     eval_overrides: tuple[tuple[str, int], ...] = ()  # per-task held-out question counts
     exact_match: bool = True  # the task family: also greedy generation judged by exact match
     seed: int = 0
+    data_parallel_devices: int | None = None  # each teacher's batch split over a mesh (None: `data_devices`)
 
     def teacher_for(self, task: str) -> TeacherConfig:
         return dataclasses.replace(self.teacher, **dict(dict(self.task_overrides).get(task, ())))
@@ -46,8 +47,10 @@ class ZooConfig:
         return dict(self.eval_overrides).get(task.name, default)
 
     def to_dict(self) -> dict[str, Any]:
-        """As JSON holds it (the manifest's ``config``)."""
-        return json_roundtrip(dataclasses.asdict(self))
+        """As JSON holds it (the manifest's ``config``), without the mesh (it does not change the adapters)."""
+        d = dataclasses.asdict(self)
+        del d["data_parallel_devices"]
+        return json_roundtrip(d)
 
     def with_data(self, data_dir: str | None = None) -> tuple["ZooConfig", list[str]]:
         """This zoo restricted to the tasks whose data is available (`Task.has_data`), and the tasks left out.
@@ -192,6 +195,7 @@ def build_zoo(zoo_dir: str, cfg: ZooConfig, *, base_model=None, data_dir: str | 
             final = os.path.join(run_dir, f"step_{tcfg.steps:05d}")
             if not os.path.exists(os.path.join(final, "metrics.json")):
                 result = train_run(base_model, task, chunk, tcfg, run_dir, seed=seed, show_progress=show_progress,
+                                   data_parallel_devices=cfg.data_parallel_devices,
                                    data_info={"split": "train", "chunk": run, "num_chunks": len(chunks),
                                               "chunk_seed": cfg.seed, "chunk_records": len(chunk),
                                               "train_records": len(train)})
