@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from llgbm_jax.generator.config import TrainingConfig
+from llgbm_jax.utils.distributed import ENV, initialize
 from llgbm_jax.utils.mesh import data_devices
 
 from test_dataset import MC, write_zoo
@@ -37,7 +38,8 @@ EIGHT_DEVICES = textwrap.dedent("""
         from llgbm_jax.utils.distributed import initialize
         assert initialize(sys.argv[3], 2, int(sys.argv[4]))
     assert jax.device_count() == 8
-    from llgbm_jax.utils.mesh import data_devices
+    from llgbm_jax.utils.distributed import ENV, initialize
+from llgbm_jax.utils.mesh import data_devices
     assert data_devices(8) == 8 and data_devices(12) == 4  # the default: gcd(batch size, devices)
     mc = ModelConfig.from_dict(json.load(open(out + "/model_config.json")))
     embed = lambda texts: np.stack([np.random.default_rng(zlib.crc32(t.encode())).normal(size=384)
@@ -118,6 +120,20 @@ def test_data_devices_divide_the_batch():
         data_devices(4, 2)
     with pytest.raises(ValueError, match="data_parallel_devices=3: must be None or a positive divisor of batch_size=4"):
         TrainingConfig(batch_size=4, data_parallel_devices=3)
+
+
+def test_distributed_start_needs_all_three_settings(monkeypatch):
+    for name in ENV:
+        monkeypatch.delenv(name, raising=False)
+    assert initialize() is False  # nothing asks for it: one process
+    with pytest.raises(ValueError, match="missing number of processes and process id .*--num-processes"):
+        initialize("localhost:1234")
+    monkeypatch.setenv("LLGBM_NUM_PROCESSES", "two")
+    with pytest.raises(ValueError, match="LLGBM_NUM_PROCESSES='two': expected an integer"):
+        initialize("localhost:1234", process_id=0)
+    monkeypatch.setenv("LLGBM_NUM_PROCESSES", "2")
+    with pytest.raises(ValueError, match="process id 2 is not in 0..1"):
+        initialize("localhost:1234", process_id=2)
 
 
 def test_generator_training_on_8_devices_equals_one(tmp_path):

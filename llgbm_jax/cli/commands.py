@@ -8,6 +8,32 @@ from __future__ import annotations
 
 import os
 
+# --- devices: the mesh and several processes -----------------------------------------------------------------
+
+
+def add_devices(ap):
+    g = ap.add_argument_group("devices", "the data-parallel mesh; several processes (hosts) as one program "
+                                         "(docs/scaling.md)")
+    g.add_argument("--data-parallel-devices", type=int,
+                   help="devices each batch is split over (default: every device the batch size allows)")
+    g.add_argument("--multi-host", action="store_true",
+                   help="start jax.distributed, finding the processes itself (Cloud TPU pod slices, SLURM)")
+    g.add_argument("--coordinator-address", help="host:port of process 0 (env LLGBM_COORDINATOR_ADDRESS)")
+    g.add_argument("--num-processes", type=int, help="number of processes (env LLGBM_NUM_PROCESSES)")
+    g.add_argument("--process-id", type=int, help="this process's id, 0..num-processes-1 (env LLGBM_PROCESS_ID)")
+
+
+def start_devices(args) -> None:
+    """Start `jax.distributed` if the flags or the environment ask for it (before anything touches a device)."""
+    from llgbm_jax.utils.distributed import initialize
+
+    if initialize(args.coordinator_address, args.num_processes, args.process_id, auto=args.multi_host):
+        import jax
+
+        print(f"process {jax.process_index()} of {jax.process_count()}: {jax.local_device_count()} of "
+              f"{jax.device_count()} devices", flush=True)
+
+
 # --- train: the main job --------------------------------------------------------------------------------------
 
 
@@ -24,6 +50,7 @@ def add_train(ap):
     ap.add_argument("--skip-accuracy", action="store_true", help="no accuracy table (weights and behaviour only)")
     ap.add_argument("--fresh", action="store_true", help="do not resume the generator from its checkpoints")
     ap.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_devices(ap)
 
 
 def training_config(args):
@@ -32,7 +59,8 @@ def training_config(args):
 
     config = TrainingConfig.load(args.config) if args.config else TrainingConfig()
     changes = {k: v for k, v in (("zoo_dir", args.zoo_dir), ("zoo_preset", args.zoo_preset),
-                                 ("num_steps", args.num_steps), ("seed", args.seed), ("data_dir", args.data_dir))
+                                 ("num_steps", args.num_steps), ("seed", args.seed), ("data_dir", args.data_dir),
+                                 ("data_parallel_devices", args.data_parallel_devices))
                if v is not None}
     if args.output_dir:
         changes.update(output_dir=args.output_dir, checkpoint_dir=os.path.join(args.output_dir, "checkpoints"))
@@ -47,6 +75,7 @@ def run_train(args, *, base_model=None, compilation_cache: bool = True) -> dict:
 
     config = training_config(args)
     offline_unless_hub(config.model_name, config.text_encoder_name)
+    start_devices(args)
     options = JobOptions(accuracy_samples=args.accuracy_samples, skip_accuracy=args.skip_accuracy, fresh=args.fresh,
                          show_progress=not args.no_progress, compilation_cache=compilation_cache)
     return run(config, options, base_model=base_model)
@@ -184,9 +213,11 @@ def add_zoo(ap):
     ap.add_argument("--rebuild-stale", action="store_true",
                     help="delete and retrain runs whose recorded data or settings differ from the current ones")
     ap.add_argument("--no-progress", action="store_true")
+    add_devices(ap)
 
 
 def run_zoo(args) -> dict:
+    import dataclasses
     import time
 
     from llgbm_jax.cli.main import offline_unless_hub
@@ -197,6 +228,9 @@ def run_zoo(args) -> dict:
     cfg = preset_with(args.preset, tasks=args.tasks, runs_per_task=args.runs_per_task, steps=args.steps,
                       warmup_steps=args.warmup_steps, save_every=args.save_every,
                       adapters_per_run=args.adapters_per_run, eval_samples=args.eval_samples, model=args.model)
+    if args.data_parallel_devices is not None:
+        cfg = dataclasses.replace(cfg, data_parallel_devices=args.data_parallel_devices)
+    start_devices(args)
     if not args.tasks:
         cfg, skipped = cfg.with_data(args.data_dir)
         if skipped:

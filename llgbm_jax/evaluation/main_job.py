@@ -26,11 +26,13 @@ generated/<task>/.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import time
 
 from llgbm_jax.generator.config import TrainingConfig
+from llgbm_jax.utils.distributed import is_main_process
 from llgbm_jax.utils.io import write_json_atomic
 from llgbm_jax.utils.lock import run_lock
 
@@ -108,10 +110,12 @@ def run(config: TrainingConfig, options: JobOptions = JobOptions(), *, base_mode
 
     out = config.output_dir
     os.makedirs(out, exist_ok=True)
-    with run_lock(out):
+    main = is_main_process()  # with several processes, process 0 writes the results, plots and exports
+    with run_lock(out) if main else contextlib.nullcontext():
         if options.compilation_cache:  # a rerun with the same shapes loads its programs instead of compiling
             use_compilation_cache(os.path.join(config.cache_root, "xla"))
-        config.save(os.path.join(out, "config.json"))
+        if main:
+            config.save(os.path.join(out, "config.json"))
         print(f"llgbm-jax main job: {config.model_name} ({config.dtype}) on {jax.default_backend()} "
               f"({len(jax.devices())} device(s)); run folder {out}", flush=True)
         progress, phase = options.show_progress, PhaseTimer()
@@ -122,7 +126,8 @@ def run(config: TrainingConfig, options: JobOptions = JobOptions(), *, base_mode
 
         with phase("components"):
             comp = setup_base_components(None, config, base_model=base_model, show_progress=progress)
-            comp.dataset.splits.save(os.path.join(out, "splits.json"))
+            if main:
+                comp.dataset.splits.save(os.path.join(out, "splits.json"))
             print(f"{len(comp.dataset)} training adapters, {len(comp.eval_dataset)} held-out adapters, "
                   f"{len(comp.dataset.texts)} training condition prompts over "
                   f"{len({a.task for a in comp.dataset.adapters})} tasks")
@@ -133,7 +138,8 @@ def run(config: TrainingConfig, options: JobOptions = JobOptions(), *, base_mode
                                          model_config=base_model.config)
             state = train(generator, comp.dataset, config, model_config=base_model.config, resume=not options.fresh,
                           delta=comp.delta_inputs if config.lambda_delta > 0 else None, show_progress=progress)
-            curves = plot_training_curves(state, config.max_grad_norm, os.path.join(out, "training_curves.png"))
+            curves = (plot_training_curves(state, config.max_grad_norm, os.path.join(out, "training_curves.png"))
+                      if main else None)
             print(f"trained {state.step} steps in {state.seconds / 60:.1f} min: loss {state.loss_history[0]:.4g} -> "
                   f"{state.loss_history[-1]:.4g} (best {state.best_loss:.4g}); curves {curves}")
 
@@ -156,13 +162,16 @@ def run(config: TrainingConfig, options: JobOptions = JobOptions(), *, base_mode
                                                      show_progress=progress)
                 print("\naccuracy on held-out questions (paired gains ± SE on the same questions):")
                 print(comparison.format_accuracy_table(accuracy))
-                print(f"plot: {comparison.plot_accuracy(accuracy, os.path.join(out, 'accuracy.png'))}")
+                if main:
+                    print(f"plot: {comparison.plot_accuracy(accuracy, os.path.join(out, 'accuracy.png'))}")
 
         with phase("export"):
-            exported = {t: save_peft_adapter(variants.generated[t], os.path.join(out, "generated", t),
-                                             base_model_name_or_path=base_model.hub_name, model_config=base_model.config)
-                        for t in variants.tasks}
-            save_generator(generator, os.path.join(out, "generator"), config)
+            exported = {t: os.path.join(out, "generated", t) for t in variants.tasks}
+            if main:
+                for t, path in exported.items():
+                    save_peft_adapter(variants.generated[t], path, base_model_name_or_path=base_model.hub_name,
+                                      model_config=base_model.config)
+                save_generator(generator, os.path.join(out, "generator"), config)
 
         results = {"config": config.to_dict(),
                    "mode": {"backend": jax.default_backend(), "devices": len(jax.devices()), "model": config.model_name,
@@ -170,7 +179,8 @@ def run(config: TrainingConfig, options: JobOptions = JobOptions(), *, base_mode
                             "text_encoder": "frozen" if config.freeze_text_encoder else "trained"},
                    "training": state.to_dict(), "eval": evaluation, "per_task": per_task, "accuracy": accuracy,
                    "exported": exported, "phase_seconds": phase.seconds, "splits": os.path.join(out, "splits.json")}
-        write_json_atomic(os.path.join(out, RESULTS), results)
+        if main:
+            write_json_atomic(os.path.join(out, RESULTS), results)
         print("\nphase times: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in phase.seconds.items())
               + f"; total {sum(phase.seconds.values()) / 60:.1f} min. Results: {os.path.join(out, RESULTS)}")
     return results

@@ -32,7 +32,7 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
         return False
     missing = [k for k, v in given.items() if v is None]
     if not auto and missing:
-        raise ValueError(f"multi-process run: the {', '.join(missing)} is missing (flags --coordinator-address, "
+        raise ValueError(f"multi-process run: missing {' and '.join(missing)} (flags --coordinator-address, "
                          f"--num-processes, --process-id or environment {', '.join(ENV)})")
     if not 0 <= (process_id or 0) < (num_processes or 1):
         raise ValueError(f"process id {process_id} is not in 0..{num_processes - 1}")
