@@ -63,7 +63,7 @@ class TrainingConfig:
     checkpoint_every: int = 100
     heldout_prompt_fraction: float = 0.25  # of each adapter's prompts, reserved for evaluation conditions
     teacher_checkpoints: str = "final"  # training targets: each teacher run's "final" adapter, or "all" its checkpoints
-    data_parallel_devices: int | None = None  # the mesh's data axis (None: gcd(batch_size, local devices))
+    data_parallel_devices: int | None = None  # the mesh's data axis (None: gcd(batch_size, all devices))
 
     def __post_init__(self):
         if isinstance(self.target_modules, list):
