@@ -1,7 +1,7 @@
 """Data parallelism (`llgbm_jax.utils.mesh`) on 8 forced host devices, each checked against one device: the
 generator's training step and the teacher trainer (loss and parameters within 1e-5), scoring (option scores
 within 1e-5, the same choices, the same generated texts); and two processes of 4 devices each, their collectives
-through gloo (`llgbm_jax.utils.distributed`), against one process of 8."""
+through gloo (`llgbm_jax.utils.distributed`), against one process of 8 (generator steps, scores, generations)."""
 
 from __future__ import annotations
 
@@ -32,14 +32,13 @@ EIGHT_DEVICES = textwrap.dedent("""
     from llgbm_jax.generator.model import create_generator
     from llgbm_jax.generator.training import train
 
-    zoo, out = sys.argv[1], sys.argv[2]
-    distributed = len(sys.argv) > 3  # coordinator address, process id: 2 processes of 4 devices
+    zoo, out, folder = sys.argv[1:4]
+    distributed = len(sys.argv) > 4  # coordinator address, process id: 2 processes of 4 devices
     if distributed:
         from llgbm_jax.utils.distributed import initialize
-        assert initialize(sys.argv[3], 2, int(sys.argv[4]))
+        assert initialize(sys.argv[4], 2, int(sys.argv[5]))
     assert jax.device_count() == 8
-    from llgbm_jax.utils.distributed import ENV, initialize
-from llgbm_jax.utils.mesh import data_devices
+    from llgbm_jax.utils.mesh import data_devices
     assert data_devices(8) == 8 and data_devices(12) == 4  # the default: gcd(batch size, devices)
     mc = ModelConfig.from_dict(json.load(open(out + "/model_config.json")))
     embed = lambda texts: np.stack([np.random.default_rng(zlib.crc32(t.encode())).normal(size=384)
@@ -57,6 +56,18 @@ from llgbm_jax.utils.mesh import data_devices
         name = f"{n}-process{jax.process_index()}" if distributed else n
         np.savez(f"{out}/params{name}.npz", *[np.asarray(p) for p in params])
         json.dump(state.loss_history, open(f"{out}/loss{name}.json", "w"))
+
+    # Scoring and generation with each batch split over all 8 devices (of one or of two processes).
+    from llgbm_jax.base import load_base_model
+    from llgbm_jax.scoring.accuracy import generate_texts, score_options
+    from llgbm_jax.tasks.registry import get_task
+    model, task = load_base_model(folder), get_task("fam_add_2")
+    evals = task.load("eval")[:16]
+    prompts = [task.format_prompt(r, model) for r in evals]
+    scores, _ = score_options(model, prompts, [task.options(r) for r in evals], batch_size=8, devices=8)
+    texts = generate_texts(model, prompts, batch_size=8, max_new_tokens=4, devices=8)
+    name = f"8-process{jax.process_index()}" if distributed else 8
+    json.dump({"scores": [x.tolist() for x in scores], "texts": texts}, open(f"{out}/scores{name}.json", "w"))
 """)
 
 # Teacher training and scoring on 1 and on 8 devices (a tiny random Llama with SmolLM2's tokenizer, a family task).
@@ -136,10 +147,10 @@ def test_distributed_start_needs_all_three_settings(monkeypatch):
         initialize("localhost:1234", process_id=2)
 
 
-def test_generator_training_on_8_devices_equals_one(tmp_path):
+def test_generator_training_on_8_devices_equals_one(tmp_path, tiny_folder):
     zoo = write_zoo(tmp_path / "zoo", steps=(10, 20, 30, 40, 50, 60))
     (tmp_path / "model_config.json").write_text(json.dumps(MC.to_dict()))
-    finish(run_with_devices(EIGHT_DEVICES, [zoo, tmp_path], 8))
+    finish(run_with_devices(EIGHT_DEVICES, [zoo, tmp_path, tiny_folder[0]], 8))
     loss = {n: json.loads((tmp_path / f"loss{n}.json").read_text()) for n in (1, 8)}
     assert len(loss[1]) == 3 and len(set(loss[1])) == 3  # three different steps
     np.testing.assert_allclose(loss[8], loss[1], rtol=1e-5)
@@ -147,12 +158,18 @@ def test_generator_training_on_8_devices_equals_one(tmp_path):
 
     # Two processes of 4 devices, one program: the same loss and parameters as one process of 8.
     port = 20000 + os.getpid() % 20000
-    procs = [run_with_devices(EIGHT_DEVICES, [zoo, tmp_path, f"localhost:{port}", i], 4) for i in (0, 1)]
+    procs = [run_with_devices(EIGHT_DEVICES, [zoo, tmp_path, tiny_folder[0], f"localhost:{port}", i], 4)
+             for i in (0, 1)]
     for p in procs:
         finish(p)
+    one = json.loads((tmp_path / "scores8.json").read_text())
     for i in (0, 1):
         np.testing.assert_allclose(json.loads((tmp_path / f"loss8-process{i}.json").read_text()), loss[8], rtol=1e-5)
         assert_same_arrays(np.load(tmp_path / "params8.npz"), np.load(tmp_path / f"params8-process{i}.npz"))
+        two = json.loads((tmp_path / f"scores8-process{i}.json").read_text())  # every process gets every row
+        assert two["texts"] == one["texts"] and len(two["scores"]) == 16
+        for a, b in zip(one["scores"], two["scores"]):
+            np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
 
 
 def test_teacher_training_and_scoring_on_8_devices_equal_one(tiny_folder, tmp_path):

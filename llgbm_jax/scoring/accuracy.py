@@ -200,7 +200,7 @@ def score_options(base_model, prompts: Sequence[str], options: Sequence[Sequence
             rows = placer.rows(rows) if per_row else placer.shared(rows)
             lp = option_token_logprobs(params, base_model.config, *placer.rows((ids, mask, opt, opt_mask)), rows,
                                        prefix)
-            sums = np.asarray(lp, np.float64).sum(-1)
+            sums = placer.gather(lp).astype(np.float64).sum(-1)
             for r, i in enumerate(idx[:real]):
                 scores[i] = sums[r, :len(options[i])]
             bar.update(real)
@@ -312,7 +312,8 @@ def generate_texts(base_model, prompts: Sequence[str], lora: LoRA | None = None,
         for idx, real in _batches(np.argsort(lengths, kind="stable"), batch_size):
             ids, mask = base_model.encode([prompts[i] for i in idx], padding_side="left",
                                           pad_to_multiple_of=pad_to_multiple_of)
-            new = base_model.generate(ids, mask, max_new_tokens, lora=_lora_rows(lora, idx, n), placer=placer)
+            new = placer.gather(base_model.generate(ids, mask, max_new_tokens, lora=_lora_rows(lora, idx, n),
+                                                    placer=placer))
             for i, text in zip(idx[:real], base_model.decode(new)[:real]):
                 texts[i] = text
             bar.update(real)

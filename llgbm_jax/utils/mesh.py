@@ -76,3 +76,11 @@ class BatchPlacer:
     def shared(self, tree):
         """Replicated (one adapter for every question, a shared prefix cache)."""
         return tree if self.mesh is None or tree is None else jax.device_put(tree, replicated(self.mesh))
+
+    def gather(self, x) -> np.ndarray:
+        """A result split over the mesh as one host array (every process gets all rows)."""
+        if self.mesh is not None and jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        return np.asarray(x)
