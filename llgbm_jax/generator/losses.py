@@ -381,6 +381,7 @@ class WeightLoss:
         return total / count
 
 
+@jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class DeltaInputs:
     """The arrays the behavioural loss reads: the base model's parameters, the probes and the base model's hidden
