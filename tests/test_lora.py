@@ -158,6 +158,36 @@ def test_rank_padding_is_ignored(llama):
     assert max_diff_real(llama.logits(ids, mask, padded), llama.logits(ids, mask, small), mask) < 1e-5
 
 
+def test_gauge_transform_keeps_delta_w_and_changes_the_factors(llama):
+    """(B G⁻¹, G A) per adapter, layer and module: every ΔW within 1e-6 relative, the factors far from the old
+    ones; per-layer ranks keep their zero padding; two keys give two gauges; a batch gets a G per adapter."""
+    from llgbm_jax.lora import gauge_transform
+
+    mc = llama.config
+    cfg = LoRAConfig(4, 8.0, ("q_proj", "down_proj"), layer_ranks={"down_proj": (2, 4)})
+    loras = [init_lora(jax.random.PRNGKey(i), mc, cfg, random_b=True, b_std=0.1) for i in range(2)]
+    for m, r in (("down_proj", 2),):  # zero padding as PEFT loading makes it
+        loras = [LoRA(A={**x.A, m: x.A[m].at[0, r:].set(0)}, B={**x.B, m: x.B[m].at[0, :, r:].set(0)}, config=cfg)
+                 for x in loras]
+    batch_ = stack_loras(loras)
+    moved = gauge_transform(batch_, jax.random.PRNGKey(7))
+    assert moved.config == batch_.config
+    for m in cfg.target_modules:
+        for layer in range(mc.num_layers):
+            before, after = np.asarray(delta_w(batch_, m, layer)), np.asarray(delta_w(moved, m, layer))
+            assert np.abs(after - before).max() <= 1e-6 * np.abs(before).max()
+        rel = np.linalg.norm(moved.A[m] - batch_.A[m]) / np.linalg.norm(batch_.A[m])
+        assert rel > 0.3 and np.linalg.norm(moved.B[m] - batch_.B[m]) / np.linalg.norm(batch_.B[m]) > 0.3
+    assert not np.asarray(moved.A["down_proj"][:, 0, 2:]).any() and not np.asarray(moved.B["down_proj"][:, 0, :, 2:]).any()
+    assert np.asarray(moved.A["down_proj"][:, 1, 2:]).any()  # rank 4 in layer 1: all of it moves
+    # Each adapter of a batch has its own G (two copies of one adapter move apart); another key, another gauge.
+    twins = gauge_transform(stack_loras([loras[0], loras[0]]), jax.random.PRNGKey(7))
+    assert np.abs(np.asarray(twins.A["q_proj"][0]) - np.asarray(twins.A["q_proj"][1])).max() > 1e-2
+    other = gauge_transform(batch_, jax.random.PRNGKey(8))
+    assert np.abs(np.asarray(other.A["q_proj"]) - np.asarray(moved.A["q_proj"])).max() > 1e-2
+    assert gauge_transform(loras[0], jax.random.PRNGKey(7)).batch_shape == ()
+
+
 @pytest.mark.parametrize("side", ["left", "right"])
 def test_per_row_adapters_equal_each_row_alone(tiny, side):
     """A batch with adapter i on row i equals running row i alone with adapter i (≤ 1e-5)."""

@@ -1,5 +1,6 @@
 """Operations on `LoRA` pytrees: the scaling folded into B (adapters of any ranks and alphas in one batch), the
-exact mean of several adapters' ΔW as one adapter, and content hashes of adapters."""
+exact mean of several adapters' ΔW as one adapter, the gauge transform (other factors, the same ΔW), and content
+hashes of adapters."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import json
 import os
 from typing import Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -33,6 +35,40 @@ def fold_scaling(lora: LoRA, rank: int | None = None) -> LoRA:
         A[m] = jnp.pad(a, widths[:-2] + [(0, pad), (0, 0)])
         B[m] = jnp.pad(b, widths[:-1] + [(0, pad)])
     return LoRA(A=A, B=B, config=LoRAConfig(rank=rank, alpha=float(rank), target_modules=lora.modules))
+
+
+def _random_gauge(key, shape: tuple[int, ...], spread: float) -> tuple[jax.Array, jax.Array]:
+    """``(G, G⁻¹)`` of shape ``shape + (r, r)``: G = Q₁ diag(s) Q₂ with Haar-like orthogonal Q₁, Q₂ and singular
+    values s in [1/spread, spread] (condition number at most spread²); the inverse is Q₂ᵀ diag(1/s) Q₁ᵀ, exactly."""
+    k1, k2, k3 = jax.random.split(key, 3)
+    r = shape[-1]
+    q1, q2 = (jnp.linalg.qr(jax.random.normal(k, shape[:-1] + (r, r)))[0] for k in (k1, k2))
+    s = jnp.exp(jax.random.uniform(k3, shape[:-1] + (r,), minval=-np.log(spread), maxval=np.log(spread)))
+    g = (q1 * s[..., None, :]) @ q2
+    g_inv = (jnp.swapaxes(q2, -1, -2) / s[..., None, :]) @ jnp.swapaxes(q1, -1, -2)
+    return g, g_inv
+
+
+def gauge_transform(lora: LoRA, key, spread: float = 2.0) -> LoRA:
+    """The same adapter in another gauge: ``(B G⁻¹, G A)`` with a random well-conditioned invertible G (singular
+    values in [1/spread, spread]) per adapter, layer and module. ΔW = B G⁻¹ G A = B A is unchanged (up to float
+    rounding) while the factors are not: a loss on raw factors sees a different target, a loss on ΔW the same one.
+    G acts on each layer's true rank and is the identity on rank padding, so padding stays zero."""
+    A, B = {}, {}
+    L = lora.num_layers
+    for i, m in enumerate(lora.modules):
+        a, b = lora.A[m], lora.B[m]  # [..., L, r, in], [..., L, out, r]
+        lead, r = a.shape[:-2], a.shape[-2]
+        ranks = np.asarray(lora.config.ranks(m, L))
+        g = g_inv = jnp.broadcast_to(jnp.eye(r, dtype=jnp.float32), lead + (r, r))
+        for rho in sorted(set(ranks.tolist())):
+            small, small_inv = _random_gauge(jax.random.fold_in(jax.random.fold_in(key, i), rho), lead + (rho,), spread)
+            here = jnp.asarray(ranks == rho)[:, None, None]  # the layers of rank rho
+            g = jnp.where(here, g.at[..., :rho, :rho].set(small), g)
+            g_inv = jnp.where(here, g_inv.at[..., :rho, :rho].set(small_inv), g_inv)
+        A[m] = (g @ a.astype(jnp.float32)).astype(a.dtype)
+        B[m] = (b.astype(jnp.float32) @ g_inv).astype(b.dtype)
+    return LoRA(A=A, B=B, config=lora.config)
 
 
 def mean_lora(loras: list[LoRA]) -> LoRA:
