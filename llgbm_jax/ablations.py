@@ -12,6 +12,28 @@ from typing import Any
 
 from llgbm_jax.generator.config import TrainingConfig
 
+# What supervises the generator (issue: the ablation over supervision modes): TrainingConfig fields per mode.
+MODES = {
+    "weight_only": dict(weight_loss="factors", lambda_weight=1.0, lambda_delta=0.0, lambda_sft=0.0),  # raw A, B
+    "delta_w": dict(weight_loss="delta_w", lambda_weight=1.0, lambda_delta=0.0, lambda_sft=0.0),  # the default
+    "delta_only": dict(weight_loss="delta_w", lambda_weight=0.0, lambda_delta=1.0, lambda_sft=0.0),  # behaviour
+    "multitask": dict(weight_loss="delta_w", lambda_weight=1.0, lambda_delta=1.0, lambda_sft=0.0),  # ΔW + behaviour
+    "sft": dict(weight_loss="delta_w", lambda_weight=0.0, lambda_delta=0.0, lambda_sft=1.0),  # end to end
+    "sft+delta_w": dict(weight_loss="delta_w", lambda_weight=1.0, lambda_delta=0.0, lambda_sft=1.0),
+}
+
+
+def mode_config(config: TrainingConfig, mode: str, lambda_delta: float | None = None) -> TrainingConfig:
+    """``config`` supervised as ``mode`` (a key of `MODES`); ``lambda_delta`` overrides the behavioural weight of
+    the modes that have one."""
+    if mode not in MODES:
+        raise ValueError(f"unknown supervision mode {mode!r}; known: {list(MODES)}")
+    fields = dict(MODES[mode])
+    if lambda_delta is not None and fields["lambda_delta"] > 0:
+        fields["lambda_delta"] = lambda_delta
+    return config.replace(**fields)
+
+
 # The probe set is a fixed instrument: the same for every training seed, so runs share the delta cache and their
 # behavioural numbers are measured alike.
 PROBE_SEED = 0
@@ -67,6 +89,13 @@ class BaseComponents:
 
     NOTEBOOK_FIELDS = ("base_model", "tokenizer", "text_encoder", "functional_lora", "probe_tokens", "probe_masks",
                        "base_activation", "dataset")
+
+    def sft_data(self):
+        """The training tasks' examples for the end-to-end loss (`SFTData`, ``config.sft_rows`` per adapter)."""
+        from llgbm_jax.generator.sft_data import SFTData
+
+        return SFTData(self.base_model, sorted({a.task for a in self.dataset.adapters}), rows=self.config.sft_rows,
+                       max_seq_len=self.config.sft_max_seq_len, seed=self.config.seed, data_dir=self.config.data_dir)
 
     @property
     def delta_inputs(self):

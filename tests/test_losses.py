@@ -345,8 +345,10 @@ def test_delta_loss_and_multitask(tiny_llama, monkeypatch):
     assert float(total) == float(terms["loss_weight"]) > 0 and float(terms["loss_delta"]) == 0.0
     with pytest.raises(ValueError, match="needs a delta_loss"):
         MultiTaskLoss(lambda_delta=1.0)
-    with pytest.raises(ValueError, match="both 0"):
+    with pytest.raises(ValueError, match="all 0: nothing to train"):
         MultiTaskLoss(lambda_weight=0.0)
+    with pytest.raises(ValueError, match="lambda_sft=1.0 needs an sft_loss"):
+        MultiTaskLoss(lambda_sft=1.0)
     with pytest.raises(ValueError, match=">= 0"):
         MultiTaskLoss(lambda_weight=-1.0)
     with pytest.raises(ValueError, match="needs the teacher delta"):

@@ -151,3 +151,14 @@ def test_evaluate_reports_delta_w_metrics_that_match_dense(zoo, tmp_path):
     zero = jax.tree_util.tree_map(jnp.zeros_like, pred)
     m0 = delta_w_metrics(zero, batch["teacher"])
     assert m0["relative_error"] == pytest.approx(1.0) and m0["cosine"] == 0.0
+
+
+def test_a_checkpoint_older_than_a_config_field_resumes_at_its_default():
+    """A field added after a run was checkpointed counts at its default, so the run still resumes; another value
+    of it is a change."""
+    from llgbm_jax.generator.training import _config_changes
+
+    cfg = TrainingConfig()
+    saved = {k: v for k, v in cfg.to_dict().items() if k not in ("weight_loss", "lambda_sft")}
+    assert _config_changes(saved, cfg) == []
+    assert _config_changes(saved, cfg.replace(lambda_sft=1.0)) == ["lambda_sft: 0.0 -> 1.0"]

@@ -19,6 +19,7 @@ from llgbm_jax.utils.io import read_json, write_json_atomic
 SMALL_MODEL, LARGE_MODEL = DEFAULT_MODEL, LARGE_MODEL  # use_small_model picks one of the two
 DTYPES = ("float32", "bfloat16")
 CHECKPOINTS = ("all", "final")  # TrainingConfig.teacher_checkpoints (RealAdapterDataset(checkpoints=...))
+WEIGHT_LOSSES = ("delta_w", "factors")  # TrainingConfig.weight_loss
 
 
 @dataclasses.dataclass
@@ -64,6 +65,11 @@ class TrainingConfig:
     heldout_prompt_fraction: float = 0.25  # of each adapter's prompts, reserved for evaluation conditions
     teacher_checkpoints: str = "final"  # training targets: each teacher run's "final" adapter, or "all" its checkpoints
     data_parallel_devices: int | None = None  # the mesh's data axis (None: gcd(batch_size, all devices))
+    # --- supervision modes (docs/generator.md, "Supervision") -------------------------------------------
+    weight_loss: str = "delta_w"  # the teacher term: "delta_w" (DeltaWLoss) or "factors" (raw A, B: WeightLoss)
+    lambda_sft: float = 0.0  # weight of the end-to-end loss: the generated adapter's cross-entropy on task answers
+    sft_rows: int = 4  # training examples of its task per generated adapter per step (lambda_sft > 0)
+    sft_max_seq_len: int = 128  # tokens of an end-to-end example (longer ones are skipped)
 
     def __post_init__(self):
         if isinstance(self.target_modules, list):
@@ -100,13 +106,16 @@ class TrainingConfig:
             need(isinstance(getattr(self, f), int) and getattr(self, f) > 0, f, "must be a positive integer")
         for f in ("lora_alpha", "learning_rate", "max_grad_norm"):
             need(getattr(self, f) > 0, f, "must be positive")
-        for f in ("weight_decay", "lambda_weight", "lambda_delta"):
+        for f in ("weight_decay", "lambda_weight", "lambda_delta", "lambda_sft"):
             need(getattr(self, f) >= 0, f, "must be non-negative")
+        for f in ("sft_rows", "sft_max_seq_len"):
+            need(isinstance(getattr(self, f), int) and getattr(self, f) > 0, f, "must be a positive integer")
+        need(self.weight_loss in WEIGHT_LOSSES, "weight_loss", f"must be one of {WEIGHT_LOSSES}")
         need(isinstance(self.warmup_steps, int) and 0 <= self.warmup_steps < self.num_steps, "warmup_steps",
              f"must be an integer in [0, num_steps={self.num_steps})")
         need(self.dtype in DTYPES, "dtype", f"must be one of {DTYPES}")
-        need(self.lambda_weight + self.lambda_delta > 0, "lambda_weight",
-             "lambda_weight and lambda_delta are both 0: nothing to train on")
+        need(self.lambda_weight + self.lambda_delta + self.lambda_sft > 0, "lambda_weight",
+             "lambda_weight, lambda_delta and lambda_sft are all 0: nothing to train on")
         need(self.loss_normalize in DeltaWLoss.NORMALIZE, "loss_normalize", f"must be one of {DeltaWLoss.NORMALIZE}")
         need(0 < self.heldout_prompt_fraction < 1, "heldout_prompt_fraction", "must be in (0, 1)")
         need(self.teacher_checkpoints in CHECKPOINTS, "teacher_checkpoints", f"must be one of {CHECKPOINTS}")

@@ -384,8 +384,8 @@ class WeightLoss:
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class DeltaInputs:
-    """The arrays the behavioural loss reads: the base model's parameters, the probes and the base model's hidden
-    states on them. Passed as an argument to a jitted step (not closed over, so not baked in as constants)."""
+    """The arrays the behavioural loss reads (the SFT loss only ``params``): the base model's parameters, the probes
+    and the base model's hidden states on them (None where no behavioural loss is trained). Passed as an argument to a jitted step (not closed over, so not baked in as constants)."""
 
     params: Any
     probe_ids: Any
@@ -442,53 +442,85 @@ class DeltaLoss:
         return jnp.mean(diff * diff)
 
 
-class MultiTaskLoss:
-    """``lambda_weight · weight_loss(pred, teacher) + lambda_delta · delta_loss(pred, teacher_delta)``.
+class SFTLoss:
+    """End-to-end loss: each generated adapter applied in the base model to a few training examples of its task
+    (`SFTData.batch`: ``[B, rows, ...]``), next-token cross-entropy on their answers (`teachers.sft.sft_loss`; the
+    decoder takes one adapter per row and differentiates through it). No teacher is involved. Called with the
+    base model's parameters in ``inputs`` (`DeltaInputs`)."""
 
-    Called as ``loss(pred, teacher=None, teacher_delta=None, delta_inputs=None) -> (total, {"loss_weight",
-    "loss_delta"})``, each term unweighted; ``delta_inputs`` goes to the delta loss (its pure form, inside a jitted
-    step). ``weight_loss`` defaults to `DeltaWLoss`; it is evaluated whenever a teacher is given (cheap, and worth
-    logging), while with ``lambda_delta == 0`` the delta term runs no forward pass and is 0. `active_terms` are
-    the terms worth logging. `from_config` builds the training loss of a `TrainingConfig`.
+    def __init__(self, model_config, remat: bool | str = "dots"):
+        self.model_config, self.remat = model_config, remat
+
+    def __call__(self, pred: LoRA, rows: dict, inputs: DeltaInputs) -> jax.Array:
+        from llgbm_jax.teachers.sft import sft_loss
+
+        b, r = rows["ids"].shape[:2]
+        if pred.batch_shape != (b,):
+            raise ValueError(f"SFTLoss: {b} adapters' rows but a prediction of batch shape {pred.batch_shape}")
+        flat = {k: v.reshape((b * r,) + v.shape[2:]) for k, v in rows.items()}
+        per_row = jax.tree_util.tree_map(lambda x: jnp.repeat(x, r, axis=0), pred)
+        return sft_loss(per_row, inputs.params, self.model_config, flat, self.remat)
+
+
+class MultiTaskLoss:
+    """``lambda_weight · weight_loss(pred, teacher) + lambda_delta · delta_loss(pred, teacher_delta)
+    + lambda_sft · sft_loss(pred, sft_rows)``.
+
+    Called as ``loss(pred, teacher=None, teacher_delta=None, delta_inputs=None, sft_rows=None) -> (total,
+    {"loss_weight", "loss_delta", "loss_sft"})``, each term unweighted; ``delta_inputs`` (the base model's arrays)
+    goes to the delta and SFT losses (their pure forms, inside a jitted step). ``weight_loss`` defaults to
+    `DeltaWLoss`; it is evaluated whenever a teacher is given (cheap, and worth logging), while the delta and SFT
+    terms run no forward pass when their weight is 0. `active_terms` are the terms worth logging. `from_config`
+    builds the training loss of a `TrainingConfig`.
     """
 
-    def __init__(self, lambda_weight: float = 1.0, lambda_delta: float = 0.0, weight_loss=None, delta_loss=None):
-        if lambda_weight < 0 or lambda_delta < 0:
+    def __init__(self, lambda_weight: float = 1.0, lambda_delta: float = 0.0, weight_loss=None, delta_loss=None,
+                 lambda_sft: float = 0.0, sft_loss=None):
+        if min(lambda_weight, lambda_delta, lambda_sft) < 0:
             raise ValueError(f"MultiTaskLoss: weights must be >= 0, got lambda_weight={lambda_weight}, "
-                             f"lambda_delta={lambda_delta}")
-        if lambda_weight == 0 and lambda_delta == 0:
-            raise ValueError("MultiTaskLoss: lambda_weight and lambda_delta are both 0: nothing to train")
+                             f"lambda_delta={lambda_delta}, lambda_sft={lambda_sft}")
+        if lambda_weight == 0 and lambda_delta == 0 and lambda_sft == 0:
+            raise ValueError("MultiTaskLoss: lambda_weight, lambda_delta and lambda_sft are all 0: nothing to train")
         if lambda_delta > 0 and delta_loss is None:
             raise ValueError(f"MultiTaskLoss: lambda_delta={lambda_delta} needs a delta_loss (a DeltaLoss on the "
                              f"base model and probes)")
-        self.lambda_weight, self.lambda_delta = float(lambda_weight), float(lambda_delta)
+        if lambda_sft > 0 and sft_loss is None:
+            raise ValueError(f"MultiTaskLoss: lambda_sft={lambda_sft} needs an sft_loss (an SFTLoss)")
+        self.lambda_weight, self.lambda_delta, self.lambda_sft = float(lambda_weight), float(lambda_delta), float(lambda_sft)
         self.weight_loss = weight_loss if weight_loss is not None else DeltaWLoss()
-        self.delta_loss = delta_loss
+        self.delta_loss, self.sft_loss = delta_loss, sft_loss
 
     @classmethod
     def from_config(cls, config, model_config=None) -> "MultiTaskLoss":
-        """The loss a `TrainingConfig` trains with: `DeltaWLoss` at its normalisation, and a pure `DeltaLoss` on
-        ``model_config`` (called with ``delta_inputs``) when ``lambda_delta > 0``."""
-        delta_loss = None
-        if config.lambda_delta > 0:
-            if model_config is None:
-                raise ValueError("TrainingConfig.lambda_delta > 0: the behavioural loss needs the base model's config")
-            delta_loss = DeltaLoss(model_config=model_config, delta_batch_probes=config.delta_batch_probes)
-        return cls(config.lambda_weight, config.lambda_delta,
-                   DeltaWLoss(config.lora_alpha, config.lora_rank, normalize=config.loss_normalize), delta_loss)
+        """The loss a `TrainingConfig` trains with: its ``weight_loss`` (`DeltaWLoss` at its normalisation, or
+        `WeightLoss` on the raw factors), a pure `DeltaLoss` when ``lambda_delta > 0`` and an `SFTLoss` when
+        ``lambda_sft > 0`` (both on ``model_config``, called with ``delta_inputs``)."""
+        if (config.lambda_delta > 0 or config.lambda_sft > 0) and model_config is None:
+            raise ValueError("TrainingConfig.lambda_delta or lambda_sft > 0: the loss needs the base model's config")
+        delta_loss = (DeltaLoss(model_config=model_config, delta_batch_probes=config.delta_batch_probes)
+                      if config.lambda_delta > 0 else None)
+        weight_loss = (WeightLoss() if config.weight_loss == "factors" else
+                       DeltaWLoss(config.lora_alpha, config.lora_rank, normalize=config.loss_normalize))
+        return cls(config.lambda_weight, config.lambda_delta, weight_loss, delta_loss,
+                   config.lambda_sft, SFTLoss(model_config) if config.lambda_sft > 0 else None)
 
     @property
     def active_terms(self) -> tuple[str, ...]:
-        return ("loss_weight",) + (("loss_delta",) if self.lambda_delta > 0 else ())
+        return (("loss_weight",) + (("loss_delta",) if self.lambda_delta > 0 else ())
+                + (("loss_sft",) if self.lambda_sft > 0 else ()))
 
     def __call__(self, pred: LoRA, teacher: LoRA | None = None, teacher_delta=None,
-                 delta_inputs: DeltaInputs | None = None):
+                 delta_inputs: DeltaInputs | None = None, sft_rows: dict | None = None):
         if self.lambda_weight > 0 and teacher is None:
             raise ValueError(f"MultiTaskLoss: lambda_weight={self.lambda_weight} needs the teacher LoRA")
         if self.lambda_delta > 0 and teacher_delta is None:
             raise ValueError(f"MultiTaskLoss: lambda_delta={self.lambda_delta} needs the teacher delta")
+        if self.lambda_sft > 0 and (sft_rows is None or delta_inputs is None):
+            raise ValueError(f"MultiTaskLoss: lambda_sft={self.lambda_sft} needs the SFT rows and the base model's "
+                             f"arrays (delta_inputs)")
         zero = jnp.zeros((), jnp.float32)
         loss_weight = self.weight_loss(pred, teacher) if teacher is not None else zero
         loss_delta = self.delta_loss(pred, teacher_delta, delta_inputs) if self.lambda_delta > 0 else zero
-        total = self.lambda_weight * loss_weight + self.lambda_delta * loss_delta
-        return total, {"loss_weight": loss_weight, "loss_delta": loss_delta}
+        loss_sft = self.sft_loss(pred, sft_rows, delta_inputs) if self.lambda_sft > 0 else zero
+        total = self.lambda_weight * loss_weight + self.lambda_delta * loss_delta + self.lambda_sft * loss_sft
+        return total, {"loss_weight": loss_weight, "loss_delta": loss_delta, "loss_sft": loss_sft}

@@ -1,7 +1,8 @@
 """Training and evaluation of a LoRA generator on a teacher zoo.
 
 `train` runs optax AdamW (linear warm-up from 0.1·lr, cosine decay to 0.01·lr, clipping by global
-norm) on `MultiTaskLoss` = ``lambda_weight`` · ΔW loss + ``lambda_delta`` · behavioural loss, in one
+norm) on `MultiTaskLoss` = ``lambda_weight`` · ΔW (or raw-factor) loss + ``lambda_delta`` · behavioural loss
++ ``lambda_sft`` · end-to-end loss on the tasks' answers, in one
 jitted step that also accumulates ``gradient_accumulation_steps`` micro-batches (a `lax.scan`), so the
 recorded gradient norm is the one that is clipped. The generator's parameters are a pure dict
 (`nnx.split` / `nnx.merge`); orbax checkpoints hold them with the optimizer state, and the JSON side
@@ -90,7 +91,7 @@ def make_train_step(graphdef, rest, tx: optax.GradientTransformation, loss_fn: C
         gen = nnx.merge(graphdef, params, rest)
         pred = gen(_condition(gen, batch))
         teacher = jax.tree_util.tree_map(lambda x: x[batch["index"]], teachers)
-        return loss_fn(pred, teacher, batch.get("teacher_delta"), delta)
+        return loss_fn(pred, teacher, batch.get("teacher_delta"), delta, batch.get("sft"))
 
     grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
 
@@ -123,13 +124,15 @@ def _device_batch(batch: dict) -> dict:
 
 
 def _config_changes(saved: dict, config: TrainingConfig) -> list[str]:
-    now = config.to_dict()
-    return [f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in sorted(set(saved) | set(now))
-            if k not in RESUMABLE_CHANGES and saved.get(k) != now.get(k)]
+    """What changed since ``saved`` (a field a checkpoint predates counts at its default)."""
+    now, defaults = config.to_dict(), TrainingConfig().to_dict()
+    old = lambda k: saved.get(k, defaults.get(k))
+    return [f"{k}: {old(k)!r} -> {now.get(k)!r}" for k in sorted(set(saved) | set(now))
+            if k not in RESUMABLE_CHANGES and old(k) != now.get(k)]
 
 
 def train(generator, dataset, config: TrainingConfig, *, loss: MultiTaskLoss | None = None, model_config=None,
-          delta: DeltaInputs | None = None, resume: bool = True, show_progress: bool = True,
+          delta: DeltaInputs | None = None, sft=None, resume: bool = True, show_progress: bool = True,
           stop_after: int | None = None, checkpoint_dir: str | None = None) -> TrainingState:
     """Train ``generator`` (in place) on ``dataset`` (a `RealAdapterDataset`) for ``config.num_steps``
     optimizer updates, after `fit_statistics`. Returns the `TrainingState`.
@@ -138,7 +141,9 @@ def train(generator, dataset, config: TrainingConfig, *, loss: MultiTaskLoss | N
     ``config.checkpoint_every`` steps and at the end; with ``resume=True`` an existing checkpoint is
     continued exactly (its configuration must match, else `ValueError` naming what changed).
     ``loss`` defaults to `MultiTaskLoss.from_config` of ``config``; ``delta`` (`DeltaInputs`: the base model's
-    arrays and the probes) is passed to it inside the step when ``lambda_delta > 0``.
+    arrays and the probes) is passed to it inside the step when ``lambda_delta > 0``; with ``lambda_sft > 0``,
+    ``sft`` (`SFTData` of the training tasks) gives each step's adapters their tasks' examples and ``delta`` the
+    base model's parameters (its probe fields may be None).
     ``stop_after`` ends early after that many steps (tests of resumption).
     """
     from tqdm.auto import tqdm
@@ -146,6 +151,9 @@ def train(generator, dataset, config: TrainingConfig, *, loss: MultiTaskLoss | N
     if config.lambda_delta > 0 and (delta is None or dataset.teacher_deltas is None):
         raise ValueError("TrainingConfig.lambda_delta > 0 needs probes and base arrays (delta=DeltaInputs(...)) "
                          "and a dataset with teacher_deltas")
+    if config.lambda_sft > 0 and (sft is None or delta is None):
+        raise ValueError("TrainingConfig.lambda_sft > 0 needs the tasks' examples (sft=SFTData(...)) and the base "
+                         "model's parameters (delta=DeltaInputs(params, ...))")
     objective = loss or MultiTaskLoss.from_config(config, model_config)
     tx, schedule = optim.adamw(config.learning_rate, config.warmup_steps, config.num_steps,
                                weight_decay=config.weight_decay, clip_norm=config.max_grad_norm)
@@ -181,17 +189,20 @@ def train(generator, dataset, config: TrainingConfig, *, loss: MultiTaskLoss | N
         ckpt.save(state.step, {"params": params, "opt_state": opt_state},
                   {"config": config.to_dict(), "state": state.to_dict()})
 
-    def next_micro_batches():
+    def next_micro_batches(step: int):
         micro = [_device_batch(next(batches)) for _ in range(k)]
+        if config.lambda_sft > 0:  # each adapter's task examples, drawn by (step, micro-batch)
+            for j, b in enumerate(micro):
+                b["sft"] = sft.batch([dataset.adapters[i].task for i in b["index"]], step * k + j)
         return jax.device_put(jax.tree_util.tree_map(lambda *xs: np.stack(xs), *micro), split_along(mesh, 1))
 
     bar = tqdm(total=config.num_steps, initial=state.step, disable=not show_progress, desc="generator")
     try:
-        upcoming = next_micro_batches() if state.step < config.num_steps else None
+        upcoming = next_micro_batches(state.step) if state.step < config.num_steps else None
         while state.step < config.num_steps:
             params, opt_state, m = step_fn(params, opt_state, teachers, upcoming, delta)  # runs asynchronously
             data_state = batches.state()  # the position after this step's batches
-            upcoming = next_micro_batches() if state.step + 1 < config.num_steps else None  # while it runs
+            upcoming = next_micro_batches(state.step + 1) if state.step + 1 < config.num_steps else None  # meanwhile
             loss = float(m["loss"])
             if not np.isfinite(loss):
                 raise TrainingDiverged(f"step {state.step + 1}: the loss is {loss} (terms: "

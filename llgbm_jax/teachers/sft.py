@@ -61,11 +61,17 @@ def _round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 
 
-def collate(examples: Sequence[SFTExample], pad_id: int, multiple: int = 32) -> dict[str, np.ndarray]:
-    """Right-padded batch. ``target_pos[b, j]`` is the position whose logits predict ``target_ids[b, j]``."""
-    width = _round_up(max(len(e.ids) for e in examples), multiple)
-    longest = max(len(e.ids) - e.num_prompt for e in examples)
-    n_targets = _round_up(longest, 8 if longest <= 8 else 64)  # few distinct shapes: few compilations
+def target_slots(longest: int) -> int:
+    """Target positions for answers of at most ``longest`` tokens: 8, else a multiple of 64 (few shapes)."""
+    return _round_up(longest, 8 if longest <= 8 else 64)
+
+
+def collate(examples: Sequence[SFTExample], pad_id: int, multiple: int = 32, *, width: int | None = None,
+            n_targets: int | None = None) -> dict[str, np.ndarray]:
+    """Right-padded batch. ``target_pos[b, j]`` is the position whose logits predict ``target_ids[b, j]``.
+    ``width`` / ``n_targets`` fix the shapes (default: the examples' own, rounded up)."""
+    width = width or _round_up(max(len(e.ids) for e in examples), multiple)
+    n_targets = n_targets or target_slots(max(len(e.ids) - e.num_prompt for e in examples))
     b = len(examples)
     out = dict(ids=np.full((b, width), pad_id, np.int32), mask=np.zeros((b, width), np.int32),
                target_pos=np.zeros((b, n_targets), np.int32), target_ids=np.zeros((b, n_targets), np.int32),
