@@ -4,6 +4,7 @@ Drawn by (seed, step, position), so a resumed run sees the same rows."""
 
 from __future__ import annotations
 
+import itertools
 import zlib
 from typing import Sequence
 
@@ -26,7 +27,7 @@ class SFTData:
         for name in sorted(set(tasks)):
             task = get_task(name, data_dir)
             encoded = (encode_sft(base_model, task, r, max_seq_len) for r in task.load("train", data_dir))
-            kept = [e for e in encoded if e is not None][:max_examples]
+            kept = list(itertools.islice((e for e in encoded if e is not None), max_examples))
             if not kept:
                 raise ValueError(f"SFTData: task {name!r} has no training example of at most {max_seq_len} tokens "
                                  f"(raise TrainingConfig.sft_max_seq_len)")
