@@ -26,10 +26,12 @@ def components(tiny_smollm2_vocab, tmp_path_factory):
     _, tiny = tiny_smollm2_vocab
     root = tmp_path_factory.mktemp("supervision")
     zoo = write_zoo(root / "zoo", tasks=TASKS, steps=(10, 20), model_config=tiny.config)
+    (root / "no-data").mkdir()
     cfg = TrainingConfig(num_steps=8, warmup_steps=1, batch_size=2, lora_rank=4, lora_alpha=8.0, learning_rate=1e-2,
                          generator_hidden=32, embedding_dim=8, num_probes=4, max_probe_length=64, delta_batch_probes=4,
                          num_prompts_per_adapter=4, sft_rows=2, sft_max_seq_len=64, teacher_checkpoints="all",
-                         zoo_dir=zoo, output_dir=str(root / "run"), delta_cache_dir=str(root / "cache" / "deltas"),
+                         zoo_dir=zoo, data_dir=str(root / "no-data"),  # probes from the family, as with no data
+                         output_dir=str(root / "run"), delta_cache_dir=str(root / "cache" / "deltas"),
                          embedding_cache_dir=str(root / "cache" / "embeddings"))
     comp = setup_base_components(None, cfg, base_model=tiny, show_progress=False)
     return comp, comp.sft_data(), root
