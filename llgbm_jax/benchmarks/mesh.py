@@ -52,7 +52,7 @@ def worker(repeats: int) -> dict:
     graphdef, gparams, rest = split_generator(gen)
     tx, _ = optim.adamw(1e-4, 1, 1000)
     step = make_train_step(graphdef, rest, tx, MultiTaskLoss.from_config(config, model.config))
-    batch = {"condition": np.random.RandomState(0).normal(size=(1, 8, gen.cond_dim)).astype(np.float32),
+    batch = {"condition": np.random.RandomState(0).normal(size=(1, 8, 4, gen.cond_dim)).astype(np.float32),
              "index": np.arange(8, dtype=np.int32)[None]}
     state = {"p": jax.device_put(gparams, replicated(mesh))}
     state["o"] = jax.device_put(tx.init(gparams), replicated(mesh))

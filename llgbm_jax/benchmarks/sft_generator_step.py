@@ -53,7 +53,8 @@ def main(argv=None):
 
     config = mode_config(TrainingConfig(lora_rank=8, lora_alpha=16.0, batch_size=n), "sft")
     gen = create_generator(config, seed=0, model_config=mc)
-    cond = np.random.RandomState(1).normal(size=(n, gen.cond_dim)).astype(np.float32)
+    prompts = np.random.RandomState(1).normal(size=(n, 4, gen.cond_dim)).astype(np.float32)  # 4 prompts each
+    cond = prompts.mean(1)
     gen.fit_condition_normalizer(cond)
     teachers = stack_loras([init_lora(jax.random.PRNGKey(10 + i), mc, LoRAConfig(8, 16.0), random_b=True, b_std=0.02)
                             for i in range(n)])
@@ -74,7 +75,7 @@ def main(argv=None):
     graphdef, params, rest = split_generator(gen)
     tx = optax.adamw(LR, weight_decay=0.0)  # torch's AdamW defaults: betas (0.9, 0.999), eps 1e-8
     step = make_train_step(graphdef, rest, tx, MultiTaskLoss.from_config(config, mc))
-    batch = {"condition": cond[None], "index": np.arange(n, dtype=np.int32)[None], "sft": {k_: v[None] for k_, v in sft.items()}}
+    batch = {"condition": prompts[None], "index": np.arange(n, dtype=np.int32)[None], "sft": {k_: v[None] for k_, v in sft.items()}}
     delta = DeltaInputs(ours.params, None, None, None)
     state = {"p": params, "o": tx.init(params)}
 
