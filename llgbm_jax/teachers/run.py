@@ -20,7 +20,7 @@ from llgbm_jax.teachers.sft import batch_plan, collate, encode_sft, train_step
 from llgbm_jax.utils import optim
 from llgbm_jax.utils.checkpointing import TrainCheckpointer
 from llgbm_jax.utils.io import content_key, read_json, write_json_atomic
-from llgbm_jax.utils.mesh import data_devices, data_mesh, replicated, split_along
+from llgbm_jax.utils.mesh import BatchPlacer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,15 +162,15 @@ def train_run(base_model, task, records: Sequence[dict], cfg: TeacherConfig, run
         start, state, meta = restored
         lora, opt_state = state["lora"], state["opt_state"]
         history, adapters = meta["history"], meta["adapters"]
-    mesh = data_mesh(data_devices(cfg.batch_size, data_parallel_devices))
-    lora, opt_state = jax.device_put((lora, opt_state), replicated(mesh))
-    params = jax.device_put(base_model.params, replicated(mesh)) if mesh.size > 1 else base_model.params
+    placer = BatchPlacer(cfg.batch_size, data_parallel_devices)  # the base model replicated once, for every run
+    lora, opt_state = placer.shared((lora, opt_state))
+    params = placer.params(base_model)
     save_steps = set(cfg.save_steps())
     t0 = time.perf_counter()
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not show_progress,
                desc=f"{task.name} {os.path.basename(run_dir)}")
     for step in bar:
-        batch = jax.device_put(collate([examples[i] for i in plan[step]], base_model.pad_token_id), split_along(mesh, 0))
+        batch = placer.rows(collate([examples[i] for i in plan[step]], base_model.pad_token_id))
         lora, opt_state, m = train_step(lora, opt_state, params, base_model.config, tx, batch, cfg.remat)
         history["loss"].append(float(m["loss"]))
         history["grad_norm"].append(float(m["grad_norm"]))

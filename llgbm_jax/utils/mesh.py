@@ -47,14 +47,15 @@ def split_along(mesh: Mesh, axis: int) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(*([None] * axis), DATA))
 
 
-# --- scoring: question batches over the devices ------------------------------------------------------------
+# --- a base model's batches (teacher steps, scoring) over the devices ----------------------------------------
 
 _REPLICAS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 class BatchPlacer:
-    """Places a scoring batch: rows split over ``devices`` devices, the base model's parameters replicated once
-    per model and mesh (cached). With one device it places nothing, so single-device code is unchanged."""
+    """Places a batch for the base model (a teacher step, a scoring batch): rows split over ``devices`` devices,
+    the base model's parameters replicated once per model and mesh (cached, so a zoo's teachers share one copy).
+    With one device it places nothing, so single-device code is unchanged."""
 
     def __init__(self, batch_size: int, devices: int | None = None):
         n = data_devices(batch_size, devices)
