@@ -385,7 +385,8 @@ class WeightLoss:
 @dataclasses.dataclass(frozen=True)
 class DeltaInputs:
     """The arrays the behavioural loss reads (the SFT loss only ``params``): the base model's parameters, the probes
-    and the base model's hidden states on them (None where no behavioural loss is trained). Passed as an argument to a jitted step (not closed over, so not baked in as constants)."""
+    and the base model's hidden states on them (None where no behavioural loss is trained). Passed as an argument
+    to a jitted step (not closed over, so not baked in as constants)."""
 
     params: Any
     probe_ids: Any
