@@ -59,11 +59,13 @@ class AblationConfig:
     freeze_text_encoder: bool | None = None
     num_prompts_per_adapter: int | None = None
     zoo_dir: str | None = None
+    description_share: float | None = None
+    tasks: tuple[str, ...] | None = None  # the zoo's tasks the generator sees (None: all); not a TrainingConfig field
 
     def apply(self, config: TrainingConfig) -> TrainingConfig:
         """``config`` with this ablation's settings (the ones not None) in place."""
         changes = {("delta_cache_dir" if k == "deltas_dir" else k): v
-                   for k, v in dataclasses.asdict(self).items() if v is not None}
+                   for k, v in dataclasses.asdict(self).items() if v is not None and k != "tasks"}
         return config.replace(**changes)
 
 
@@ -114,11 +116,20 @@ class BaseComponents:
         return getattr(self, key if isinstance(key, str) else self.NOTEBOOK_FIELDS[key])
 
 
+def task_descriptions(tasks) -> dict[str, tuple[str, ...]]:
+    """The one-line descriptions of those ``tasks`` that have some (the generated family's)."""
+    from llgbm_jax.tasks.family import descriptions, family_task_names
+
+    family = set(family_task_names())
+    return {t: descriptions(t) for t in tasks if t in family}
+
+
 def setup_base_components(ablation_config: AblationConfig | None, training_config: TrainingConfig, *,
                           base_model=None, show_progress: bool = True) -> BaseComponents:
     """Load the base model and text encoder, build the probes and their base activations, compute (or read
     from the cache) the behavioural delta of every teacher the datasets hold, and build the training and held-out
-    `RealAdapterDataset`s of the zoo in ``config.zoo_dir`` (which must exist: the main job builds it first)."""
+    `RealAdapterDataset`s of the zoo in ``config.zoo_dir`` (which must exist: the main job builds it first), of
+    ``ablation_config.tasks`` only when that is set (the tasks a generator may see)."""
     from llgbm_jax.base import load_base_model
     from llgbm_jax.base.functional import FunctionalLoRA
     from llgbm_jax.conditions.deltas import DeltaCache, probe_hidden
@@ -135,6 +146,12 @@ def setup_base_components(ablation_config: AblationConfig | None, training_confi
                           default_probe_tasks(config.data_dir), data_dir=config.data_dir)
     base_activation = probe_hidden(base_model, probes, delta_batch_probes=config.delta_batch_probes)
     adapters = read_zoo(config.zoo_dir)
+    tasks = getattr(ablation_config, "tasks", None)
+    if tasks is not None:
+        missing = sorted(set(tasks) - {a.task for a in adapters})
+        if missing:
+            raise ValueError(f"{config.zoo_dir}: the zoo has no teachers of tasks {missing}")
+        adapters = [a for a in adapters if a.task in set(tasks)]
     splits = make_splits(adapters, config.heldout_prompt_fraction, config.seed)
     used = [a for split in ("train", "eval") for a in split_adapters(adapters, splits, split, config.teacher_checkpoints)]
     deltas = DeltaCache(config.delta_cache_dir).get_many(base_model, probes, [a.path for a in used],
@@ -148,7 +165,9 @@ def setup_base_components(ablation_config: AblationConfig | None, training_confi
     datasets = [RealAdapterDataset(config.zoo_dir, base_model.config, split=split, splits=splits,
                                    num_prompts_per_adapter=config.num_prompts_per_adapter, seed=config.seed,
                                    checkpoints=config.teacher_checkpoints,
-                                   teacher_deltas=teacher_deltas, **kw) for split in ("train", "eval")]
+                                   teacher_deltas=teacher_deltas, tasks=tasks, description_share=config.description_share,
+                                   descriptions=task_descriptions(sorted({a.task for a in adapters})),
+                                   **kw) for split in ("train", "eval")]
     return BaseComponents(base_model, base_model.tokenizer, text_encoder, functional_lora, probes.ids, probes.mask,
                           base_activation, datasets[0], config=config, probes=probes, adapters=adapters,
                           teacher_deltas=teacher_deltas, eval_dataset=datasets[1])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import pytest
 
 from llgbm_jax import tasks, teachers
@@ -16,7 +17,7 @@ NAMES = family_task_names()
 
 
 def test_registered_family_names_and_kinds():
-    assert len(NAMES) >= 24 and len(set(NAMES)) == len(NAMES)
+    assert len(NAMES) >= 120 and len(set(NAMES)) == len(NAMES) and len(KINDS) >= 12
     assert all(re.fullmatch(r"fam_[a-z_]+(_\d+)?", n) for n in NAMES)
     for name in NAMES:
         task = tasks.get_task(name)
@@ -24,8 +25,14 @@ def test_registered_family_names_and_kinds():
         assert task.name in family_task_names(task_family.kind_of(name))
     assert sum(len(family_task_names(k)) for k in KINDS) == len(NAMES)
     assert {"fam_reverse_words", "fam_sort_words", "fam_add_7", "fam_rotate_2", "fam_uppercase"} <= set(NAMES)
-    assert KINDS["add"].params == (1, 2, 3, 5, 7) and KINDS["letters"].params == ()
-    assert len({k.source for k in KINDS.values()}) >= 3 and len(KINDS) >= 6
+    assert KINDS["add"].params == tuple(range(1, 21)) and KINDS["nth_word"].params == tuple(range(1, 9))
+    assert KINDS["rotate"].params == tuple(range(1, 8)) and KINDS["letters"].params == ()
+    assert len({k.source for k in KINDS.values()}) >= 3
+    for name in NAMES:  # at least four distinct one-line descriptions, none of them the prompt's instruction
+        texts = task_family.descriptions(name)
+        instruction = task_family.make_records(name, "eval", 1)[0]["prompt"].split(":")[0]
+        assert len(set(texts)) == len(texts) >= 4 and instruction not in texts
+        assert all(t.strip() == t and "\n" not in t and t.endswith((".", "?")) and len(t) < 100 for t in texts)
     with pytest.raises(KeyError, match="not a task of the family"):
         family_task("fam_nonsense")
     with pytest.raises(KeyError, match="unknown task family kind"):
@@ -64,34 +71,52 @@ def test_no_test_input_or_item_in_train(kind):
 
 @pytest.mark.parametrize("kind", sorted(KINDS))
 def test_gold_among_distinct_options_shared_by_the_kind(kind):
+    """Options hold the gold exactly once among distinct outputs of the kind's tasks on the same input: all of
+    them for a small kind (the same options for every task), the gold and ``MAX_OPTIONS - 1`` others for a large
+    one (most shared between tasks), where the gold's position is spread over the positions."""
     names = family_task_names(kind)
+    k = KINDS[kind]
     by_task = {n: make_records(n, "eval", 300) + make_records(n, "train", 300) for n in names}
     first = by_task[names[0]]
+    large = len(names) > task_family.MAX_OPTIONS
     for name, records in by_task.items():
         task = tasks.get_task(name)
-        for r, r0 in zip(records, first):
+        positions = []
+        for i, (r, r0) in enumerate(zip(records, first)):
             opts = task.options(r)
-            assert task.answer(r) == r["response"] and r["response"] in opts
+            assert task.answer(r) == r["response"] and opts.count(r["response"]) == 1
             assert len(opts) >= 2 and len(set(opts)) == len(opts)
-            assert r["input"] == r0["input"] and r["options"] == r0["options"]  # same input, same options
-            assert r["prompt"].endswith(": " + r["input"])
+            assert r["input"] == r0["input"] and r["prompt"].endswith(": " + r["input"])
+            if large:
+                x = r["input"].split() if k.source == "words" else int(r["input"])
+                assert len(opts) == task_family.MAX_OPTIONS and set(opts) <= {t.fn(x) for t in k.transforms}
+                assert len(set(opts) & set(r0["options"])) >= task_family.MAX_OPTIONS - 2
+                positions.append(opts.index(r["response"]))
+            else:
+                assert r["options"] == r0["options"]  # same input, same options
+        if large:  # each position holds the gold for 10-30% of the records
+            share = np.bincount(positions, minlength=task_family.MAX_OPTIONS) / len(positions)
+            assert share.min() > 0.1 and share.max() < 0.3, (name, share)
     # Tasks of a kind answer differently on every input: they are mutually exclusive.
     assert all(len({by_task[n][i]["response"] for n in names}) == len(names) for i in range(len(first)))
 
 
 def test_transforms_on_a_known_input():
-    ws, out = ("pear", "apple", "fig", "kiwi", "lime"), {}
+    ws, out = ("pear", "apple", "fig", "kiwi", "lime", "plum", "date", "yuzu"), {}
     for kind in KINDS.values():
         x = ws[:kind.size] if kind.source == "words" else 4827
         out.update({t.name: t.fn(x) for t in kind.transforms})
     assert out["reverse_words"] == "kiwi fig apple pear" and out["sort_words"] == "apple fig kiwi pear"
     assert out["sort_words_desc"] == "pear kiwi fig apple" and out["swap_first_last"] == "kiwi apple fig pear"
-    assert out["rotate_2"] == "fig kiwi lime pear apple" and out["word_4"] == "kiwi"
+    assert out["rotate_2"] == "fig kiwi lime plum date yuzu pear apple" and out["word_4"] == "kiwi"
+    assert out["word_8"] == "yuzu" and out["first_3"] == "pear apple fig" and out["last_2"] == "date yuzu"
     assert out["uppercase"] == "PEAR APPLE FIG" and out["capitalize"] == "Pear Apple Fig"
     assert out["reverse_letters"] == "raep elppa gif" and out["first_letters"] == "paf" and out["last_letters"] == "reg"
     assert out["snake_case"] == "pear_apple_fig" and out["camel_case"] == "pearAppleFig"
     assert out["kebab_case"] == "pear-apple-fig" and out["comma_list"] == "pear, apple, fig"
     assert out["add_7"] == "4834" and out["multiply_10"] == "48270" and out["multiply_3"] == "14481"
+    assert out["subtract_20"] == "4807" and out["add_20"] == "4847"
+    assert out["caesar_1"] == "qfbs" and out["caesar_13"] == "crne" and out["repeat_3"] == "pear pear pear"
     assert out["digit_sum"] == "21" and out["reverse_digits"] == "7284" and out["sort_digits"] == "2478"
     assert out["max_digit"] == "8"
 

@@ -38,6 +38,8 @@ COMMANDS = {
                "llgbm-jax deltas --zoo-dir zoo"),
     "family": (studies, "a teacher per task of the generated family, beside the mean of the teachers",
                "llgbm-jax family --zoo-dir zoo_family --tasks fam_add_2 fam_word_2"),
+    "unseen": (studies, "adapters for family tasks the generator never saw, beside the baselines a skeptic tries first",
+               "llgbm-jax unseen --run-dir runs/unseen --zoo-dir runs/zoo_family"),
     "pilot": (studies, "one teacher run scored at several checkpoints",
               "llgbm-jax pilot --task arc_e_cloze --steps 80 --lr 5e-4 --save-every 40"),
     "prepare-data": (studies, "build the task data folder from the public data sets (needs a network)",

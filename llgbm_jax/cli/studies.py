@@ -1,4 +1,5 @@
-"""The ``llgbm-jax`` commands behind the measurements in docs/: base-accuracy, deltas, family, pilot, prepare-data."""
+"""The ``llgbm-jax`` commands behind the measurements in docs/: base-accuracy, deltas, family, pilot, prepare-data,
+unseen."""
 
 from __future__ import annotations
 
@@ -117,3 +118,36 @@ def run_prepare_data(args):
     from llgbm_jax.tasks.prepare import prepare_data
 
     return prepare_data(args.out, args.check_against)
+
+
+def add_unseen(ap):
+    from llgbm_jax.evaluation.unseen import UnseenConfig
+
+    d = UnseenConfig()
+    ap.add_argument("--run-dir", default=d.run_dir, help=f"results, split, generators, caches (default: {d.run_dir})")
+    ap.add_argument("--zoo-dir", default=d.zoo_dir, help=f"the family zoo, built when missing (default: {d.zoo_dir})")
+    ap.add_argument("--kinds", nargs="+", help="family kinds in the study (default: all)")
+    ap.add_argument("--tasks", nargs="+", help="family tasks in the study (overrides --kinds)")
+    ap.add_argument("--held-out-kinds", nargs="+", default=list(d.held_out_kinds), help="kinds held out whole")
+    ap.add_argument("--seeds", nargs="+", type=int, default=list(d.seeds), help="one generator per seed")
+    ap.add_argument("--steps", type=int, default=d.steps, help="generator steps")
+    ap.add_argument("--eval-samples", type=int, default=d.eval_samples, help="test questions per held-out task")
+    ap.add_argument("--multitask-steps", type=int, help="multi-task LoRA steps (default: the seen teachers' total)")
+    ap.add_argument("--description-share", type=float, default=d.description_share,
+                    help="share of training conditions that are one task description alone")
+    ap.add_argument("--no-exact-match", action="store_true", help="cloze only")
+    ap.add_argument("--no-progress", action="store_true")
+
+
+def run_unseen(args):
+    from llgbm_jax.cli.main import offline_unless_hub
+    from llgbm_jax.evaluation.unseen import UnseenConfig, run
+
+    offline_unless_hub(None)
+    cfg = UnseenConfig(run_dir=args.run_dir, zoo_dir=args.zoo_dir, kinds=tuple(args.kinds) if args.kinds else None,
+                       tasks=tuple(args.tasks) if args.tasks else None,
+                       held_out_kinds=tuple(args.held_out_kinds), seeds=tuple(args.seeds), steps=args.steps,
+                       eval_samples=args.eval_samples, multitask_steps=args.multitask_steps,
+                       description_share=args.description_share, exact_match=not args.no_exact_match)
+    run(cfg, show_progress=not args.no_progress)
+    return 0

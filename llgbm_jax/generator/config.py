@@ -62,6 +62,7 @@ class TrainingConfig:
     embedding_dim: int = 64  # learned layer and module embeddings
     loss_normalize: str | None = "module"  # DeltaWLoss: None = plain MSE, "module" / "batch" = per-module relative
     checkpoint_every: int = 100
+    description_share: float = 0.0  # of training conditions: one task description alone (tasks that have them)
     heldout_prompt_fraction: float = 0.25  # of each adapter's prompts, reserved for evaluation conditions
     teacher_checkpoints: str = "final"  # training targets: each teacher run's "final" adapter, or "all" its checkpoints
     data_parallel_devices: int | None = None  # the mesh's data axis (None: gcd(batch_size, all devices))

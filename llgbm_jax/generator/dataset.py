@@ -156,14 +156,17 @@ class RealAdapterDataset:
     mean of its checkpoints, shorter than the final teacher. ``condition="embeddings"`` needs
     ``embed(texts) -> [N, D]`` (e.g. a `llgbm_jax.conditions.text_encoder.EmbeddingCache`'s ``get``);
     ``"tokens"`` needs ``text_encoder`` (its ``tokenize``). ``teacher_deltas`` maps adapter names to
-    their cached behavioural deltas (optional).
+    their cached behavioural deltas (optional). ``descriptions`` (task -> one-line descriptions) with
+    ``description_share`` > 0: that share of a training adapter's conditions is one description of its task
+    alone (repeated to the condition's size) instead of example prompts.
     """
 
     def __init__(self, zoo_dir: str, model_config, *, split: str = "train", splits: Splits | None = None,
                  num_prompts_per_adapter: int = 8, seed: int = 0, condition: str = "embeddings", embed=None,
                  text_encoder=None, teacher_deltas: dict[str, np.ndarray] | None = None,
                  tasks: Sequence[str] | None = None, heldout_prompt_fraction: float = 0.25,
-                 checkpoints: str = "all"):
+                 checkpoints: str = "all", descriptions: dict[str, Sequence[str]] | None = None,
+                 description_share: float = 0.0):
         if split not in ("train", "eval"):
             raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
         if condition not in CONDITIONS:
@@ -194,6 +197,14 @@ class RealAdapterDataset:
                 raise ValueError(f"adapter {a.name}: no {split} condition prompts (all {len(a.prompts)} are "
                                  f"{'held out' if split == 'train' else 'used for training'})")
             self.pools.append(np.asarray([texts.setdefault(p, len(texts)) for p in pool]))
+        self.description_share = description_share if split == "train" else 0.0
+        self.description_pools = []
+        if self.description_share > 0:
+            missing = sorted({a.task for a in self.adapters} - set(descriptions or {}))
+            if missing:
+                raise ValueError(f"description_share={description_share}: no descriptions for tasks {missing}")
+            self.description_pools = [np.asarray([texts.setdefault(d, len(texts)) for d in descriptions[a.task]])
+                                      for a in self.adapters]
         self.texts = list(texts)
         if condition == "embeddings":
             self.embeddings = np.asarray(embed(self.texts), np.float32)
@@ -218,6 +229,8 @@ class RealAdapterDataset:
         """Table indices of the prompts that condition adapter ``i`` in ``epoch`` (redrawn every epoch)."""
         pool = self.pools[i]
         rng = np.random.default_rng([self.seed, epoch, i])
+        if self.description_share > 0 and rng.random() < self.description_share:
+            return np.full(self.num_prompts, rng.choice(self.description_pools[i]))
         return rng.choice(pool, self.num_prompts, replace=len(pool) < self.num_prompts)
 
     def sample(self, i: int, epoch: int = 0, teacher: bool = True) -> dict[str, Any]:

@@ -13,6 +13,7 @@ import zlib
 from typing import Any
 
 from llgbm_jax.base.model import DEFAULT_MODEL, LARGE_MODEL
+from llgbm_jax.tasks.family import family_task_names
 from llgbm_jax.teachers.manifest import manifest_path, read_manifest
 from llgbm_jax.teachers.run import (StaleRunError, TeacherConfig, chunk_records, model_identity, start_record,
                                     start_record_changes, train_run)
@@ -88,6 +89,14 @@ PRESETS = {
         task_overrides=(("arc_e_cloze", (("steps", 96), ("save_every", 10))),
                         ("boolq", (("learning_rate", 1e-3),)),
                         ("gsm8k", (("batch_size", 4), ("max_seq_len", 448)))),
+    ),
+    # The generated family at scale for the unseen-tasks study (`llgbm_jax.evaluation.unseen`): one r-8 teacher per
+    # task (120), on sequences as short as the tasks need (at most 60 tokens), 16 steps of batch 4 (~1.7 s each
+    # here), scored by cloze on 24 questions (exact match is scored by the study, on its held-out tasks only).
+    "family": ZooConfig(
+        tasks=tuple(family_task_names()), eval_samples=24, exact_match=False,
+        teacher=TeacherConfig(steps=16, warmup_steps=4, save_every=4, adapters_per_run=3, batch_size=4,
+                              learning_rate=1e-3, max_seq_len=64),
     ),
     # Qwen2.5-0.5B-Instruct on an accelerator: every task, 4 runs on disjoint chunks, longer training.
     "gpu": ZooConfig(

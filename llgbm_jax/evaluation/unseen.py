@@ -1,0 +1,387 @@
+"""Adapters for tasks the generator never saw (``llgbm-jax unseen``, ``python experiments/unseen.py``).
+
+On the generated family at scale (`llgbm_jax.tasks.family`, zoo preset ``family``): a generator is trained with
+the ΔW loss on the teachers of the seen tasks of a `FamilySplit` only (their prompts, and with
+``description_share`` their one-line descriptions, as conditions), once per seed. Each held-out task (unseen
+parameter values inside and outside the seen range, whole unseen kinds) is then scored on its test questions, by
+cloze and by exact match, for:
+
+- ``base``; ``oracle``: the task's own teacher (trained only to compare with);
+- ``generated``: the generator fed a few of the task's example prompts; ``generated_description``: fed one of its
+  descriptions alone;
+- ``mean_teachers``: the mean of the seen tasks' final teachers (one exact LoRA); ``nearest_teacher``: the seen
+  teacher whose condition embedding (mean over its prompts) is closest to the held-out task's examples';
+  ``multitask``: one LoRA trained on all seen tasks' data (by default with the total budget of their teachers);
+- ``random_text``: the generator fed random word strings; ``other_heldout``: fed another held-out task's examples.
+
+Every number is a paired comparison on the same questions (gain ± SE); groups pool their tasks' questions and the
+seeds. The collapse check compares the spread of the generated ΔW across held-out tasks with the oracles' and
+gives each generated ΔW's cosine to the mean of the training teachers. Everything is resumable: the zoo, the
+multi-task LoRA and the generators resume, scores are cached by adapter content. Writes ``split.json``,
+``results.json`` and ``unseen.png`` to ``run_dir``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Any
+
+import numpy as np
+
+from llgbm_jax.base.model import DEFAULT_MODEL
+from llgbm_jax.utils.io import atomic_file, content_key, read_json, write_json_atomic
+
+FIXED = ("base", "oracle", "mean_teachers", "nearest_teacher", "multitask")  # the same for every seed
+GENERATED = ("generated", "generated_description", "random_text", "other_heldout")  # one per seed
+VARIANTS = FIXED + GENERATED
+SCORES = ("cloze", "exact_match")
+
+
+@dataclasses.dataclass(frozen=True)
+class UnseenConfig:
+    run_dir: str = "runs/unseen"
+    zoo_dir: str = "runs/zoo_family"
+    zoo_preset: str = "family"
+    model: str = DEFAULT_MODEL
+    kinds: tuple[str, ...] | None = None  # the family's kinds in the study (None: all)
+    tasks: tuple[str, ...] | None = None  # or the family's tasks in the study (overrides kinds)
+    held_out_kinds: tuple[str, ...] = ("format", "digits")
+    inside_per_kind: int = 1
+    outside_per_kind: int = 1
+    seeds: tuple[int, ...] = (0, 1, 2)
+    steps: int = 400  # generator optimizer updates
+    learning_rate: float = 3e-3
+    num_prompts: int = 8  # example prompts per condition (training and held-out)
+    description_share: float = 0.25  # of training conditions: one description of the task alone
+    eval_samples: int = 24  # test questions per held-out task
+    exact_match: bool = True
+    multitask_steps: int | None = None  # None: the seen teachers' steps summed (their total budget)
+    generator_hidden: int = 512
+    num_probes: int = 8  # behavioural probes (the dataset's deltas; the ΔW loss does not use them)
+    max_probe_length: int = 64
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# --- set-up -------------------------------------------------------------------------------------------------
+
+def study_tasks(config: UnseenConfig) -> tuple[str, ...]:
+    """The family tasks in the study: ``tasks``, else those of ``kinds``, else all."""
+    from llgbm_jax.tasks.family import KINDS, family_task_names
+
+    return config.tasks or tuple(n for k in (config.kinds or tuple(KINDS)) for n in family_task_names(k))
+
+
+def zoo_config(config: UnseenConfig):
+    """The zoo preset restricted to the study's tasks."""
+    from llgbm_jax.teachers.zoo import PRESETS
+
+    return dataclasses.replace(PRESETS[config.zoo_preset], model=config.model, tasks=study_tasks(config))
+
+
+def training_config(config: UnseenConfig, seed: int):
+    """The generator's `TrainingConfig` for one seed (caches shared by the seeds)."""
+    from llgbm_jax.generator.config import TrainingConfig
+
+    run = os.path.join(config.run_dir, f"seed{seed}")
+    cache = os.path.join(config.run_dir, "cache")
+    return TrainingConfig(base_model=config.model, num_steps=config.steps, warmup_steps=min(30, config.steps // 10),
+                          learning_rate=config.learning_rate, num_prompts_per_adapter=config.num_prompts,
+                          description_share=config.description_share, generator_hidden=config.generator_hidden,
+                          num_probes=config.num_probes, max_probe_length=config.max_probe_length,
+                          teacher_checkpoints="final", seed=seed, zoo_dir=config.zoo_dir, output_dir=run,
+                          checkpoint_dir=os.path.join(run, "checkpoints"), checkpoint_every=100,
+                          delta_cache_dir=os.path.join(cache, "deltas"),
+                          embedding_cache_dir=os.path.join(cache, "embeddings"))
+
+
+def example_prompts(task: str, n: int, seed: int) -> list[str]:
+    """``n`` prompts of a task's training records (a held-out task's are never training conditions)."""
+    from llgbm_jax.tasks.registry import get_task
+
+    pool = get_task(task).load("train")
+    rng = np.random.default_rng([seed, 777])
+    return [pool[i]["prompt"] for i in rng.choice(len(pool), n, replace=False)]
+
+
+def random_texts(n: int, seed: int, words: int = 8) -> list[str]:
+    """``n`` strings of random vocabulary words: conditions that say nothing about any task."""
+    from llgbm_jax.tasks.family import vocabulary_words
+
+    vocab = vocabulary_words()
+    rng = np.random.default_rng([seed, 4242])
+    return [" ".join(vocab[i] for i in rng.choice(len(vocab), words, replace=False)) for _ in range(n)]
+
+
+def train_multitask(config: UnseenConfig, zoo_cfg, seen, base_model, show_progress: bool):
+    """One LoRA on all seen tasks' training records, interleaved, with the teachers' settings; by default as many
+    steps as the seen teachers took together (the same total budget). Resumes; returns the final adapter."""
+    from llgbm_jax.lora.peft import load_peft_adapter
+    from llgbm_jax.tasks.registry import get_task
+    from llgbm_jax.teachers.run import train_run
+
+    tcfg = zoo_cfg.teacher_for(seen[0])
+    steps = config.multitask_steps or sum(zoo_cfg.teacher_for(t).steps for t in seen)
+    tcfg = dataclasses.replace(tcfg, steps=steps, warmup_steps=max(tcfg.warmup_steps, steps // 20),
+                               save_every=max(1, steps // tcfg.adapters_per_run), checkpoint_every=50)
+    per_task = -(-steps * tcfg.batch_size // len(seen))
+    pools = [get_task(t).load("train")[:per_task] for t in seen]
+    records = [pool[i] for i in range(per_task) for pool in pools if i < len(pool)]
+    run_dir = os.path.join(config.run_dir, "multitask")
+    final = os.path.join(run_dir, f"step_{steps:05d}")
+    if not os.path.isfile(os.path.join(final, "metrics.json")):
+        train_run(base_model, get_task(seen[0]), records, tcfg, run_dir, seed=1234, show_progress=show_progress,
+                  data_info={"tasks": list(seen), "records": len(records)})
+    return load_peft_adapter(final, base_model.config), steps
+
+
+# --- ΔW geometry ---------------------------------------------------------------------------------------------
+
+def delta_w_gram(loras) -> np.ndarray:
+    """⟨ΔW_i, ΔW_j⟩ summed over every layer and module, from the factors (ΔW is never formed):
+    ⟨sB A, s'B' A'⟩ = Σ (sB)ᵀ(s'B') ∘ A A'ᵀ."""
+    n = len(loras)
+    parts = [{m: (np.asarray(l.B[m], np.float64) * np.asarray(l.scales(m), np.float64)[:, None, :],
+                  np.asarray(l.A[m], np.float64)) for m in l.A} for l in loras]
+    gram = np.zeros((n, n))
+    for i in range(n):
+        for j in range(i, n):
+            gram[i, j] = gram[j, i] = sum(
+                float(np.einsum("lor,los,lri,lsi->", bi, parts[j][m][0], ai, parts[j][m][1]))
+                for m, (bi, ai) in parts[i].items() if m in parts[j])
+    return gram
+
+
+def collapse_check(generated, oracles, mean_teachers) -> dict[str, Any]:
+    """Spread of the generated ΔW across held-out tasks (mean squared distance to their mean over mean squared
+    norm) against the oracles', and each generated ΔW's cosine to the mean of the training teachers."""
+    def spread(g):
+        k = len(g)
+        centred = np.trace(g) / k - g.sum() / k ** 2
+        return float(centred / max(np.trace(g) / k, 1e-30))
+
+    g = delta_w_gram(list(generated) + [mean_teachers])
+    k = len(generated)
+    cos = g[:k, k] / np.sqrt(np.maximum(np.diag(g)[:k] * g[k, k], 1e-60))
+    return {"generated_spread": spread(g[:k, :k]), "oracle_spread": spread(delta_w_gram(list(oracles))),
+            "cosine_to_mean_teachers": cos.tolist(), "mean_cosine_to_mean_teachers": float(cos.mean())}
+
+
+# --- scoring -------------------------------------------------------------------------------------------------
+
+def score(base_model, task: str, lora, n: int, exact_match: bool, cache) -> dict[str, list[bool]]:
+    """Per-question hits of ``lora`` (a `LoRA`) on the first ``n`` test questions of ``task`` (cloze and exact
+    match), cached by adapter content."""
+    from llgbm_jax.base.model import model_hash
+    from llgbm_jax.lora.ops import lora_hash
+    from llgbm_jax.scoring.accuracy import compute_accuracy_with_lora, exact_match_accuracy
+    from llgbm_jax.tasks.registry import get_task
+
+    t = get_task(task)
+    records = t.load("eval")[:n]
+    key = {"model": model_hash(base_model), "task": task, "questions": content_key([r["prompt"] for r in records]),
+           "adapter": lora_hash(lora), "exact_match": exact_match}
+    got = cache.get(key)
+    if got is None:
+        got = {"cloze": [bool(d["correct"]) for d in compute_accuracy_with_lora(
+            lora, base_model, records, t, return_details=True, show_progress=False)["details"]]}
+        if exact_match:
+            got["exact_match"] = [bool(d["correct"]) for d in exact_match_accuracy(
+                lora, base_model, records, t, return_details=True, show_progress=False)["details"]]
+        cache.put(key, got)
+    return got
+
+
+def pooled(diffs: list[np.ndarray]) -> dict[str, float]:
+    """Mean and standard error of paired per-question differences pooled over tasks (each task's differences
+    already averaged over seeds)."""
+    d = np.concatenate(diffs)
+    se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else 0.0
+    return {"gain": float(d.mean()), "se": se, "n": int(len(d))}
+
+
+def summarize(hits: dict, split, scores=SCORES) -> dict[str, Any]:
+    """Per held-out task and per group: accuracy of every variant, its gain over base, the generated adapter's
+    difference to every baseline (paired, pooled) and the share of the oracle's gain it recovers."""
+    from llgbm_jax.tasks.family_splits import GROUPS
+
+    out: dict[str, Any] = {"tasks": {}, "groups": {}}
+    mean_hits = {t: {v: {s: np.mean(np.asarray(h[v][s], np.float64), axis=0) if v in GENERATED
+                         else np.asarray(h[v][s], np.float64) for s in scores if s in h["base"]}
+                     for v in VARIANTS if v in h} for t, h in hits.items()}
+    for t, h in mean_hits.items():
+        out["tasks"][t] = {"group": split.group(t), "n": len(h["base"]["cloze"]),
+                           **{s: {v: float(h[v][s].mean()) for v in h} for s in h["base"]}}
+    for g in GROUPS + ("all",):
+        tasks = [t for t in mean_hits if g == "all" or split.group(t) == g]
+        if not tasks:
+            continue
+        row: dict[str, Any] = {"tasks": tasks}
+        for s in (s for s in scores if s in mean_hits[tasks[0]]["base"]):
+            diff = lambda a, b: [mean_hits[t][a][s] - mean_hits[t][b][s] for t in tasks]
+            r = {"gain_over_base": {v: pooled(diff(v, "base")) for v in VARIANTS if v != "base"},
+                 "generated_minus": {v: pooled(diff("generated", v)) for v in VARIANTS if v not in ("base", "generated")}}
+            oracle = r["gain_over_base"]["oracle"]["gain"]
+            r["recovered"] = r["gain_over_base"]["generated"]["gain"] / oracle if oracle > 0 else None
+            row[s] = r
+        out["groups"][g] = row
+    return out
+
+
+def format_results(summary: dict) -> str:
+    lines = []
+    for s in SCORES:
+        first = next(iter(summary["groups"].values()))
+        if s not in first:
+            continue
+        lines.append(f"\n{s}: gain over base, pooled over tasks and seeds (± paired SE; n questions)")
+        head = f"{'group':<8} {'n':>5}  " + "  ".join(f"{v:>21}" for v in VARIANTS[1:]) + "  recovered"
+        lines.append(head)
+        for g, row in summary["groups"].items():
+            r = row[s]
+            cells = "  ".join(f"{r['gain_over_base'][v]['gain']:+.3f} ± {r['gain_over_base'][v]['se']:.3f}".rjust(21)
+                              for v in VARIANTS[1:])
+            rec = "-" if r["recovered"] is None else f"{100 * r['recovered']:.0f}%"
+            lines.append(f"{g:<8} {r['gain_over_base']['oracle']['n']:>5}  {cells}  {rec}")
+        lines.append(f"generated minus each baseline ({s}):")
+        for g, row in summary["groups"].items():
+            m = row[s]["generated_minus"]
+            lines.append(f"  {g:<8} " + ", ".join(f"{v} {m[v]['gain']:+.3f} ± {m[v]['se']:.3f}" for v in m))
+    return "\n".join(lines)
+
+
+def plot(summary: dict, path: str) -> str:
+    """Per held-out task: cloze accuracy of base, oracle, generated and the best baseline (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = list(summary["tasks"])
+    acc = lambda v: np.asarray([summary["tasks"][t]["cloze"][v] for t in tasks])
+    baselines = ("mean_teachers", "nearest_teacher", "multitask", "random_text", "other_heldout")
+    best = np.max(np.stack([acc(v) for v in baselines]), axis=0)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(tasks) + 2), 4.5))
+    width, x = 0.2, np.arange(len(tasks))
+    for j, (name, vals) in enumerate((("base", acc("base")), ("oracle", acc("oracle")),
+                                      ("generated", acc("generated")), ("best baseline", best))):
+        ax.bar(x + (j - 1.5) * width, vals, width, label=name)
+    ax.set_xticks(x, tasks, rotation=60, ha="right", fontsize=7)
+    ax.set(ylabel="cloze accuracy", ylim=(0, 1), title="held-out tasks: oracle, generated, best baseline")
+    ax.legend(ncol=4, fontsize=8)
+    fig.tight_layout()
+    with atomic_file(path, ".png") as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return path
+
+
+# --- the study ------------------------------------------------------------------------------------------------
+
+def run(config: UnseenConfig = UnseenConfig(), *, base_model=None, show_progress: bool = True) -> dict[str, Any]:
+    """The whole study (module docstring); returns what it writes to ``results.json``."""
+    import jax
+    from tqdm.auto import tqdm
+
+    from llgbm_jax.ablations import AblationConfig, setup_base_components
+    from llgbm_jax.base import load_base_model
+    from llgbm_jax.evaluation.comparison import ScoreCache, cross_task_sources
+    from llgbm_jax.generator.model import create_generator, generate_lora
+    from llgbm_jax.generator.training import train
+    from llgbm_jax.lora.ops import mean_lora
+    from llgbm_jax.lora.peft import load_peft_adapter
+    from llgbm_jax.tasks.family import descriptions
+    from llgbm_jax.tasks.family_splits import family_split
+    from llgbm_jax.teachers.manifest import final_adapters, read_zoo
+    from llgbm_jax.teachers.zoo import build_zoo
+
+    t0, seconds = time.perf_counter(), {}
+    os.makedirs(config.run_dir, exist_ok=True)
+    write_json_atomic(os.path.join(config.run_dir, "config.json"), config.to_dict())
+    base_model = base_model or load_base_model(config.model)
+    zoo_cfg = zoo_config(config)
+    build_zoo(config.zoo_dir, zoo_cfg, base_model=base_model, show_progress=show_progress)
+    seconds["zoo"] = time.perf_counter() - t0
+    split = family_split(config.held_out_kinds, config.inside_per_kind, config.outside_per_kind, zoo_cfg.tasks)
+    write_json_atomic(os.path.join(config.run_dir, "split.json"), split.to_dict())
+    seen, heldout = list(split.seen), list(split.heldout)
+    print(f"{len(seen)} seen tasks, {len(heldout)} held out: inside {list(split.inside)}, outside "
+          f"{list(split.outside)}, kinds {list(split.held_out_kinds)}", flush=True)
+
+    t = time.perf_counter()
+    multitask, multitask_steps = train_multitask(config, zoo_cfg, seen, base_model, show_progress)
+    seconds["multitask"] = time.perf_counter() - t
+    finals = {a.task: a for a in final_adapters(read_zoo(config.zoo_dir))}
+    oracle = {h: load_peft_adapter(finals[h].path, base_model.config) for h in heldout}
+    seen_teachers = [load_peft_adapter(finals[s].path, base_model.config) for s in seen]
+    mean_teachers = mean_lora(seen_teachers)
+    # The base model as an all-zero adapter of the teachers' shape: the same scores exactly (its term adds 0), and
+    # the teachers' and generated adapters' scoring reuses the programs it compiles.
+    zero = jax.tree_util.tree_map(np.zeros_like, seen_teachers[0])
+
+    cache = ScoreCache(os.path.join(config.run_dir, "cache", "scores"))
+    hits: dict[str, dict] = {h: {v: {} for v in VARIANTS} for h in heldout}
+    n, em = config.eval_samples, config.exact_match
+    nearest, collapse, training = {}, {}, {}
+    for k, seed in enumerate(config.seeds):
+        t = time.perf_counter()
+        tcfg = training_config(config, seed)
+        tcfg = tcfg.replace(batch_size=min(tcfg.batch_size, len(seen)))
+        comp = setup_base_components(AblationConfig(tasks=tuple(seen)), tcfg, base_model=base_model,
+                                     show_progress=show_progress)
+        gen = create_generator(tcfg, seed, model_config=base_model.config)
+        state = train(gen, comp.dataset, tcfg, model_config=base_model.config, show_progress=show_progress)
+        training[seed] = {"loss_first": state.loss_history[0], "loss_last": state.loss_history[-1],
+                          "seconds": state.seconds}
+        seconds[f"generator_seed{seed}"] = time.perf_counter() - t
+        examples = {h: example_prompts(h, config.num_prompts, seed) for h in heldout}
+        other = cross_task_sources(heldout)
+        generated = {h: generate_lora(gen, examples[h], comp.text_encoder) for h in heldout}
+        adapters = {h: {"generated": generated[h],
+                        "generated_description": generate_lora(gen, [descriptions(h)[seed % len(descriptions(h))]],
+                                                               comp.text_encoder),
+                        "random_text": generate_lora(gen, random_texts(config.num_prompts, seed + 100 * k),
+                                                     comp.text_encoder),
+                        "other_heldout": generated[other[h]]} for h in heldout}
+        if k == 0:  # nearest seen teacher by condition embedding (examples of the first seed)
+            enc = comp.text_encoder.encode
+            centre = lambda texts: np.asarray(enc(texts), np.float64).mean(0)
+            seen_centres = {s: centre(example_prompts(s, config.num_prompts, 0)) for s in seen}
+            for h in heldout:
+                c = centre(examples[h])
+                cos = {s: float(c @ v / (np.linalg.norm(c) * np.linalg.norm(v))) for s, v in seen_centres.items()}
+                nearest[h] = max(cos, key=cos.get)
+        collapse[seed] = collapse_check([generated[h] for h in heldout], [oracle[h] for h in heldout], mean_teachers)
+        t = time.perf_counter()
+        for h in tqdm(heldout, desc=f"scoring seed {seed}", disable=not show_progress):
+            if k == 0:
+                fixed = {"base": zero, "oracle": oracle[h], "mean_teachers": mean_teachers, "multitask": multitask,
+                         "nearest_teacher": seen_teachers[seen.index(nearest[h])]}
+                for v, lora in fixed.items():
+                    hits[h][v] = score(base_model, h, lora, n, em, cache)
+            for v, lora in adapters[h].items():
+                got = score(base_model, h, lora, n, em, cache)
+                for s, x in got.items():
+                    hits[h][v].setdefault(s, []).append(x)
+        seconds[f"scoring_seed{seed}"] = time.perf_counter() - t
+
+    summary = summarize(hits, split)
+    results = {"config": config.to_dict(), "split": split.to_dict(), "multitask_steps": multitask_steps,
+               "nearest_teacher": nearest, "training": training, "collapse": collapse, "summary": summary,
+               "hits": hits, "seconds": {**seconds, "total": time.perf_counter() - t0}}
+    write_json_atomic(os.path.join(config.run_dir, "results.json"), results)
+    print(format_results(summary))
+    print("collapse check (ΔW spread across held-out tasks, generated vs oracle; cosine to the mean teacher): " +
+          "; ".join(f"seed {s}: {c['generated_spread']:.3f} vs {c['oracle_spread']:.3f}, "
+                    f"{c['mean_cosine_to_mean_teachers']:.3f}" for s, c in collapse.items()))
+    print("times: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in results["seconds"].items()))
+    print(f"plot: {plot(summary, os.path.join(config.run_dir, 'unseen.png'))}; results: "
+          f"{os.path.join(config.run_dir, 'results.json')} ({(time.perf_counter() - t0) / 60:.1f} min)")
+    return results
+
+
+def load_results(run_dir: str) -> dict[str, Any]:
+    return read_json(os.path.join(run_dir, "results.json"))

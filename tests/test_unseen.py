@@ -1,0 +1,169 @@
+"""Held-out family tasks (`llgbm_jax.tasks.family_splits`) and the unseen-tasks study (`llgbm_jax.evaluation.unseen`):
+the split holds out values inside and outside the seen range and whole kinds; held-out tasks never reach the
+generator's training targets or conditions; the study runs end to end on a tiny model and resumes without work."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import numpy as np
+import pytest
+
+from llgbm_jax.ablations import AblationConfig, setup_base_components
+from llgbm_jax.generator.config import TrainingConfig
+from llgbm_jax.tasks.family import KINDS, descriptions, family_task_names, kind_of
+from llgbm_jax.tasks.family_splits import FamilySplit, family_split
+
+from test_dataset import write_zoo
+
+STUDY_TASKS = ("fam_rotate_1", "fam_rotate_2", "fam_rotate_3", "fam_rotate_4", "fam_snake_case", "fam_camel_case")
+
+
+def test_split_holds_out_values_inside_and_outside_the_range_and_whole_kinds():
+    split = family_split()
+    assert set(split.seen) | set(split.heldout) == set(family_task_names())
+    assert not set(split.seen) & set(split.heldout) and len(split.heldout) == len(set(split.heldout))
+    assert len(split.held_out_kinds) >= 2 and {kind_of(t) for t in split.kind} == set(split.held_out_kinds)
+    param = lambda t: next(x.param for x in KINDS[kind_of(t)].transforms if f"fam_{x.name}" == t)
+    for name, kind in KINDS.items():
+        if name in split.held_out_kinds or not kind.params:
+            continue
+        seen = [param(t) for t in split.seen if kind_of(t) == name]
+        inside = [param(t) for t in split.inside if kind_of(t) == name]
+        outside = [param(t) for t in split.outside if kind_of(t) == name]
+        assert inside and outside, name
+        assert all(min(seen) < p < max(seen) for p in inside) and all(p > max(seen) for p in outside), name
+    assert FamilySplit.from_dict(json.loads(json.dumps(split.to_dict()))) == split
+    wider = family_split(("format",), inside_per_kind=2, outside_per_kind=2)
+    assert {"fam_add_19", "fam_add_20"} <= set(wider.outside) and "fam_digit_sum" in wider.seen
+    assert sum(kind_of(t) == "add" for t in wider.inside) == 2
+    with pytest.raises(ValueError, match="too few parameter values"):
+        family_split((), inside_per_kind=6, outside_per_kind=1, tasks=family_task_names("rotate"))
+    with pytest.raises(KeyError, match="unknown or have no task"):
+        family_split(("nonsense",))
+    with pytest.raises(KeyError, match="not tasks of the family"):
+        family_split(tasks=["arc_e"])
+    small = family_split(("format",), tasks=["fam_rotate_1", "fam_rotate_2", "fam_rotate_3", "fam_rotate_4",
+                                             "fam_snake_case"])
+    assert (small.seen, small.inside, small.outside, small.kind) == (
+        ("fam_rotate_1", "fam_rotate_3"), ("fam_rotate_2",), ("fam_rotate_4",), ("fam_snake_case",))
+
+
+@pytest.fixture(scope="module")
+def family_zoo(tiny_smollm2_vocab, tmp_path_factory):
+    _, tiny = tiny_smollm2_vocab
+    root = tmp_path_factory.mktemp("unseen-zoo")
+    tasks = family_task_names("rotate") + family_task_names("format")
+    zoo = write_zoo(root / "zoo", tasks=tasks, steps=(10, 20, 30), model_config=tiny.config)
+    return tiny, zoo, root, family_split(("format",), tasks=tasks)
+
+
+@pytest.mark.parametrize("restrict", [True, False])
+def test_heldout_tasks_never_reach_training_targets_or_conditions(family_zoo, restrict):
+    """With the split's seen tasks (as the study trains), no held-out task's teacher is a training or held-out
+    target and none of its prompts or descriptions is a condition; without the restriction they are (the check
+    can fail)."""
+    tiny, zoo, root, split = family_zoo
+    cfg = TrainingConfig(lora_rank=4, lora_alpha=8.0, num_probes=2, max_probe_length=64, delta_batch_probes=2,
+                         num_prompts_per_adapter=2, description_share=0.5, teacher_checkpoints="final", zoo_dir=zoo,
+                         data_dir=str(root / "no-data"), delta_cache_dir=str(root / "cache" / "deltas"),
+                         embedding_cache_dir=str(root / "cache" / "embeddings"))
+    comp = setup_base_components(AblationConfig(tasks=split.seen if restrict else None), cfg, base_model=tiny,
+                                 show_progress=False)
+    targets = {a.task for d in (comp.dataset, comp.eval_dataset) for a in d.adapters}
+    texts = set(comp.dataset.texts) | set(comp.eval_dataset.texts)
+    heldout_texts = {p for a in comp.adapters if a.task in split.heldout for p in a.prompts}
+    heldout_texts |= {d for t in split.heldout for d in descriptions(t)}
+    leaks = (targets & set(split.heldout)) | (texts & heldout_texts)
+    if restrict:
+        assert not leaks and targets == set(split.seen)
+        drawn = {p for i in range(len(comp.dataset)) for e in range(8) for p in comp.dataset.sample(i, e)["prompts"]}
+        assert drawn & {d for t in split.seen for d in descriptions(t)}  # descriptions are training conditions
+    else:
+        assert leaks
+
+
+@pytest.fixture(scope="module")
+def study(tiny_smollm2_vocab, tmp_path_factory):
+    from llgbm_jax.evaluation import unseen
+    from llgbm_jax.teachers import zoo as zoo_module
+
+    _, tiny = tiny_smollm2_vocab
+    root = tmp_path_factory.mktemp("unseen-study")
+    family = zoo_module.PRESETS["family"]
+    tiny_preset = dataclasses.replace(family, eval_samples=3, teacher=dataclasses.replace(
+        family.teacher, steps=4, warmup_steps=1, save_every=1, adapters_per_run=2, checkpoint_every=100))
+    mp = pytest.MonkeyPatch()
+    mp.setitem(zoo_module.PRESETS, "tiny", tiny_preset)
+    cfg = unseen.UnseenConfig(run_dir=str(root / "run"), zoo_dir=str(root / "zoo"), zoo_preset="tiny",
+                              tasks=STUDY_TASKS, held_out_kinds=("format",), seeds=(0, 1), steps=4,
+                              num_prompts=2, eval_samples=3, multitask_steps=3, generator_hidden=16, num_probes=2,
+                              max_probe_length=64)
+    result = unseen.run(cfg, base_model=tiny, show_progress=False)
+    yield tiny, cfg, result, mp
+    mp.undo()
+
+
+def test_study_scores_every_variant_on_every_heldout_task(study):
+    from llgbm_jax.evaluation.unseen import GENERATED, VARIANTS
+
+    tiny, cfg, result, _ = study
+    split = FamilySplit.from_dict(result["split"])
+    assert split.seen == ("fam_rotate_1", "fam_rotate_3") and split.inside == ("fam_rotate_2",)
+    assert split.outside == ("fam_rotate_4",) and split.kind == ("fam_snake_case", "fam_camel_case")
+    with open(os.path.join(cfg.run_dir, "split.json")) as f:
+        assert FamilySplit.from_dict(json.load(f)) == split
+    assert os.path.isfile(os.path.join(cfg.run_dir, "unseen.png"))
+    assert result["multitask_steps"] == 3 and set(result["nearest_teacher"].values()) <= set(split.seen)
+    for task, h in result["hits"].items():
+        assert set(h) == set(VARIANTS)
+        for v in VARIANTS:
+            per = h[v]["exact_match"]
+            if v in GENERATED:
+                assert len(per) == 2 and all(len(x) == 3 for x in per)  # one list of hits per seed
+            else:
+                assert len(per) == 3
+    summary = result["summary"]
+    assert set(summary["groups"]) == {"inside", "outside", "kind", "all"}
+    pooled = summary["groups"]["all"]["cloze"]
+    n = 3 * len(split.heldout)
+    assert all(pooled["gain_over_base"][v]["n"] == n for v in VARIANTS[1:])
+    # The pooled gain is the mean over tasks and questions of the (seed-averaged) paired differences.
+    diffs = [np.mean(result["hits"][t]["generated"]["cloze"], axis=0) - np.asarray(result["hits"][t]["base"]["cloze"])
+             for t in split.heldout]
+    assert pooled["gain_over_base"]["generated"]["gain"] == pytest.approx(float(np.mean(np.concatenate(diffs))))
+    for seed, c in result["collapse"].items():
+        assert len(c["cosine_to_mean_teachers"]) == len(split.heldout)
+        assert all(-1 - 1e-9 <= x <= 1 + 1e-9 for x in c["cosine_to_mean_teachers"]) and c["oracle_spread"] >= 0
+
+
+def test_delta_w_gram_matches_the_dense_inner_products(study):
+    from llgbm_jax.evaluation.unseen import delta_w_gram
+    from llgbm_jax.lora import delta_w, mean_lora
+    from llgbm_jax.lora.peft import load_peft_adapter
+    from llgbm_jax.teachers.manifest import final_adapters, read_zoo
+
+    tiny, cfg, _, _ = study
+    finals = [load_peft_adapter(a.path, tiny.config) for a in final_adapters(read_zoo(cfg.zoo_dir))[:3]]
+    loras = finals + [mean_lora(finals)]  # other ranks too
+    dense = [np.concatenate([np.asarray(delta_w(l, m)).ravel() for m in sorted(l.A)]) for l in loras]
+    want = np.asarray([[a @ b for b in dense] for a in dense])
+    np.testing.assert_allclose(delta_w_gram(loras), want, rtol=1e-4, atol=1e-9)
+
+
+def test_study_rerun_trains_and_scores_nothing(study, monkeypatch):
+    from llgbm_jax.evaluation import unseen
+
+    tiny, cfg, result, _ = study
+
+    def refuse(*a, **k):
+        raise AssertionError("a finished study trained or scored again")
+
+    for name in ("llgbm_jax.teachers.zoo.train_run", "llgbm_jax.teachers.run.train_run",
+                 "llgbm_jax.scoring.accuracy.compute_accuracy_with_lora",
+                 "llgbm_jax.scoring.accuracy.exact_match_accuracy"):
+        monkeypatch.setattr(name, refuse)
+    again = unseen.run(cfg, base_model=tiny, show_progress=False)
+    assert again["hits"] == result["hits"] and again["summary"] == result["summary"]
