@@ -39,10 +39,17 @@ def mode_config(config: TrainingConfig, mode: str, lambda_delta: float | None = 
 PROBE_SEED = 0
 
 
+def _study_config():
+    from llgbm_jax.evaluation.unseen import UnseenConfig
+
+    return UnseenConfig()
+
+
 @dataclasses.dataclass
 class AblationConfig:
     """The research notebook's ablation settings; where set they override the `TrainingConfig`'s fields
-    (``deltas_dir`` is the delta cache, ``zoo_dir`` the teacher zoo)."""
+    (``deltas_dir`` is the delta cache, ``zoo_dir`` the teacher zoo). The fields after ``tasks`` set up the
+    ablation over supervision modes (`llgbm_jax.evaluation.supervision`); they are not `TrainingConfig` fields."""
 
     checkpoint_dir: str | None = None
     deltas_dir: str | None = None
@@ -60,13 +67,35 @@ class AblationConfig:
     num_prompts_per_adapter: int | None = None
     zoo_dir: str | None = None
     description_share: float | None = None
-    tasks: tuple[str, ...] | None = None  # the zoo's tasks the generator sees (None: all); not a TrainingConfig field
+    # --- not TrainingConfig fields ---
+    tasks: tuple[str, ...] | None = None  # the zoo's tasks the generator sees (None: all)
+    run_dir: str = "runs/ablations"
+    modes: tuple[str, ...] = tuple(MODES)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    steps: int = 400  # generator steps of the same-steps comparison
+    budget_seconds: float = 600.0  # training time of the same-budget comparison, per generator
+    seen_tasks: int = 12  # seen tasks whose accuracy is measured (spread over the seen list)
+    gauge_test: bool = True
+    study: Any = dataclasses.field(default_factory=_study_config)  # UnseenConfig: the zoo, split and baselines
+
+    ABLATION_FIELDS = ("tasks", "run_dir", "modes", "seeds", "steps", "budget_seconds", "seen_tasks", "gauge_test",
+                       "study")
+
+    def __post_init__(self):
+        unknown = [m for m in self.modes if m not in MODES]
+        if unknown:
+            raise ValueError(f"unknown supervision modes {unknown}; known: {list(MODES)}")
 
     def apply(self, config: TrainingConfig) -> TrainingConfig:
         """``config`` with this ablation's settings (the ones not None) in place."""
-        changes = {("delta_cache_dir" if k == "deltas_dir" else k): v
-                   for k, v in dataclasses.asdict(self).items() if v is not None and k != "tasks"}
+        changes = {("delta_cache_dir" if f.name == "deltas_dir" else f.name): getattr(self, f.name)
+                   for f in dataclasses.fields(self)
+                   if f.name not in self.ABLATION_FIELDS and getattr(self, f.name) is not None}
         return config.replace(**changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: (getattr(self, f.name).to_dict() if f.name == "study" else getattr(self, f.name))
+                for f in dataclasses.fields(self)}
 
 
 @dataclasses.dataclass

@@ -162,3 +162,13 @@ def test_a_checkpoint_older_than_a_config_field_resumes_at_its_default():
     saved = {k: v for k, v in cfg.to_dict().items() if k not in ("weight_loss", "lambda_sft")}
     assert _config_changes(saved, cfg) == []
     assert _config_changes(saved, cfg.replace(lambda_sft=1.0)) == ["lambda_sft: 0.0 -> 1.0"]
+
+
+def test_schedule_of_a_one_step_run():
+    """A run of one step (the ablation's same-budget comparison can ask for one) has a schedule: warm-up from
+    0.1·lr, peak lr after it; zero warm-up steps count as one."""
+    from llgbm_jax.utils.optim import warmup_cosine
+
+    for warmup in (0, 1):
+        schedule = warmup_cosine(1e-3, warmup, 1)
+        assert float(schedule(0)) == pytest.approx(1e-4) and float(schedule(1)) == pytest.approx(1e-3)

@@ -107,6 +107,7 @@ def study(tiny_smollm2_vocab, tmp_path_factory):
 
 
 def test_study_scores_every_variant_on_every_heldout_task(study):
+    from llgbm_jax.evaluation import unseen
     from llgbm_jax.evaluation.unseen import GENERATED, VARIANTS
 
     tiny, cfg, result, _ = study
@@ -117,6 +118,9 @@ def test_study_scores_every_variant_on_every_heldout_task(study):
         assert FamilySplit.from_dict(json.load(f)) == split
     assert os.path.isfile(os.path.join(cfg.run_dir, "unseen.png"))
     assert result["multitask_steps"] == 3 and set(result["nearest_teacher"].values()) <= set(split.seen)
+    kinds = unseen.kind_table(cfg.zoo_dir, unseen.zoo_config(cfg))  # the zoo's teachers per kind, pooled
+    assert [(r["kind"], r["tasks"], r["n"]) for r in kinds] == [("rotate", 4, 12), ("format", 2, 6)]
+    assert "rotate" in unseen.format_kind_table(kinds).splitlines()[1]
     for task, h in result["hits"].items():
         assert set(h) == set(VARIANTS)
         for v in VARIANTS:
@@ -167,3 +171,63 @@ def test_study_rerun_trains_and_scores_nothing(study, monkeypatch):
         monkeypatch.setattr(name, refuse)
     again = unseen.run(cfg, base_model=tiny, show_progress=False)
     assert again["hits"] == result["hits"] and again["summary"] == result["summary"]
+
+
+@pytest.fixture(scope="module")
+def ablation(study, tmp_path_factory):
+    from llgbm_jax.evaluation import supervision
+
+    tiny, cfg, _, _ = study
+    abl = AblationConfig(run_dir=str(tmp_path_factory.mktemp("ablations")), modes=("weight_only", "delta_w"),
+                         seeds=(0,), steps=3, budget_seconds=0.5, seen_tasks=1, study=cfg)
+    return tiny, abl, supervision.run(abl, base_model=tiny, show_progress=False)
+
+
+def test_ablation_writes_every_mode_comparison_and_metric(ablation):
+    import csv
+
+    from llgbm_jax.evaluation.supervision import METRICS
+
+    tiny, abl, result = ablation
+    rows = result["summary"]
+    assert [(r["comparison"], r["mode"]) for r in rows] == (
+        [("steps", m) for m in abl.modes] + [("budget", m) for m in abl.modes]
+        + [("gauge", "delta_w"), ("gauge", "weight_only")])
+    for r in rows:
+        assert r["seeds"] == 1 and np.isfinite(r["final_loss"]) and -1 <= r["delta_w_cosine"] <= 1
+        if r["comparison"] == "budget":  # the budget over the mode's own measured time per step
+            per_step = next(x["seconds_per_step"] for x in rows if (x["comparison"], x["mode"]) == ("steps", r["mode"]))
+            assert r["steps"] == max(1, int(abl.budget_seconds / per_step))
+        else:
+            assert r["steps"] == abl.steps
+    with open(os.path.join(abl.run_dir, "summary.csv")) as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == len(rows) and set(METRICS) <= set(table[0])
+    assert os.path.isfile(os.path.join(abl.run_dir, "ablations.png"))
+    trials = result["trials"]
+    assert all(len(t["loss_history"]) == t["steps"] for t in trials)
+    assert set(result["seen_tasks"]) <= set(FamilySplit.from_dict(json.load(open(
+        os.path.join(abl.study.run_dir, "split.json")))).seen)
+    # Hits are per question on the study's questions: every mode is compared with delta_w on the same ones.
+    for t in trials:
+        assert all(len(h) == abl.study.eval_samples for h in t["unseen_hits"]["generated"].values())
+    assert set(result["versus_delta_w"]["steps"]) == {"weight_only"}
+
+
+def test_gauge_transformed_zoo_gives_delta_w_the_same_generator_and_weight_only_another(ablation):
+    _, _, result = ablation
+    gauge = result["gauge"]
+    assert gauge["delta_w"]["max_relative_loss_difference"] < 1e-4
+    assert gauge["weight_only"]["max_relative_loss_difference"] > 1e-2
+
+
+def test_ablation_rerun_trains_nothing(ablation, monkeypatch):
+    from llgbm_jax.evaluation import supervision
+
+    tiny, abl, result = ablation
+
+    def refuse(*a, **k):
+        raise AssertionError("a finished trial was trained again")
+
+    monkeypatch.setattr("llgbm_jax.evaluation.unseen.train_generator", refuse)
+    assert supervision.run(abl, base_model=tiny, show_progress=False)["summary"] == result["summary"]

@@ -40,6 +40,8 @@ COMMANDS = {
                "llgbm-jax family --zoo-dir zoo_family --tasks fam_add_2 fam_word_2"),
     "unseen": (studies, "adapters for family tasks the generator never saw, beside the baselines a skeptic tries first",
                "llgbm-jax unseen --run-dir runs/unseen --zoo-dir runs/zoo_family"),
+    "ablations": (studies, "what supervision (raw factors, ΔW, behaviour, end to end) teaches a generator",
+                  "llgbm-jax ablations --run-dir runs/ablations --study-dir runs/unseen --modes delta_w weight_only"),
     "pilot": (studies, "one teacher run scored at several checkpoints",
               "llgbm-jax pilot --task arc_e_cloze --steps 80 --lr 5e-4 --save-every 40"),
     "prepare-data": (studies, "build the task data folder from the public data sets (needs a network)",

@@ -1,5 +1,5 @@
 """The ``llgbm-jax`` commands behind the measurements in docs/: base-accuracy, deltas, family, pilot, prepare-data,
-unseen."""
+unseen, ablations."""
 
 from __future__ import annotations
 
@@ -149,5 +149,43 @@ def run_unseen(args):
                        held_out_kinds=tuple(args.held_out_kinds), seeds=tuple(args.seeds), steps=args.steps,
                        eval_samples=args.eval_samples, multitask_steps=args.multitask_steps,
                        description_share=args.description_share, exact_match=not args.no_exact_match)
+    run(cfg, show_progress=not args.no_progress)
+    return 0
+
+
+def add_ablations(ap):
+    from llgbm_jax.ablations import MODES, AblationConfig
+
+    d = AblationConfig()
+    ap.add_argument("--run-dir", default=d.run_dir, help=f"trials, results, summary (default: {d.run_dir})")
+    ap.add_argument("--study-dir", default=d.study.run_dir,
+                    help=f"the unseen-tasks study's folder: split, multi-task LoRA, score cache (default: {d.study.run_dir})")
+    ap.add_argument("--zoo-dir", default=d.study.zoo_dir, help=f"the family zoo (default: {d.study.zoo_dir})")
+    ap.add_argument("--kinds", nargs="+", help="family kinds in the study (default: all)")
+    ap.add_argument("--modes", nargs="+", default=list(d.modes), choices=list(MODES), help="supervision modes")
+    ap.add_argument("--seeds", nargs="+", type=int, default=list(d.seeds))
+    ap.add_argument("--steps", type=int, default=d.steps, help="generator steps (same-steps comparison)")
+    ap.add_argument("--budget-seconds", type=float, default=d.budget_seconds,
+                    help="training time per generator (same-budget comparison)")
+    ap.add_argument("--seen-tasks", type=int, default=d.seen_tasks, help="seen tasks whose accuracy is measured")
+    ap.add_argument("--eval-samples", type=int, default=d.study.eval_samples, help="test questions per task")
+    ap.add_argument("--no-gauge-test", action="store_true")
+    ap.add_argument("--no-progress", action="store_true")
+
+
+def run_ablations(args):
+    import dataclasses
+
+    from llgbm_jax.ablations import AblationConfig
+    from llgbm_jax.cli.main import offline_unless_hub
+    from llgbm_jax.evaluation.supervision import run
+
+    offline_unless_hub(None)
+    d = AblationConfig()
+    study = dataclasses.replace(d.study, run_dir=args.study_dir, zoo_dir=args.zoo_dir,
+                                kinds=tuple(args.kinds) if args.kinds else None, eval_samples=args.eval_samples)
+    cfg = AblationConfig(run_dir=args.run_dir, modes=tuple(args.modes), seeds=tuple(args.seeds), steps=args.steps,
+                         budget_seconds=args.budget_seconds, seen_tasks=args.seen_tasks,
+                         gauge_test=not args.no_gauge_test, study=study)
     run(cfg, show_progress=not args.no_progress)
     return 0

@@ -125,8 +125,8 @@ def train_multitask(config: UnseenConfig, zoo_cfg, seen, base_model, show_progre
 
     tcfg = zoo_cfg.teacher_for(seen[0])
     steps = config.multitask_steps or sum(zoo_cfg.teacher_for(t).steps for t in seen)
-    tcfg = dataclasses.replace(tcfg, steps=steps, warmup_steps=max(tcfg.warmup_steps, steps // 20),
-                               save_every=max(1, steps // tcfg.adapters_per_run), checkpoint_every=50)
+    tcfg = dataclasses.replace(tcfg, steps=steps, warmup_steps=min(max(tcfg.warmup_steps, steps // 20), steps - 1),
+                               save_every=steps, adapters_per_run=1, checkpoint_every=50)
     per_task = -(-steps * tcfg.batch_size // len(seen))
     pools = [get_task(t).load("train")[:per_task] for t in seen]
     records = [pool[i] for i in range(per_task) for pool in pools if i < len(pool)]
@@ -136,6 +136,37 @@ def train_multitask(config: UnseenConfig, zoo_cfg, seen, base_model, show_progre
         train_run(base_model, get_task(seen[0]), records, tcfg, run_dir, seed=1234, show_progress=show_progress,
                   data_info={"tasks": list(seen), "records": len(records)})
     return load_peft_adapter(final, base_model.config), steps
+
+
+def kind_table(zoo_dir: str, zoo_cfg) -> list[dict]:
+    """Per kind of the family, over its tasks the zoo has scored: base and teacher cloze accuracy and the gain
+    pooled over the tasks' questions (± paired SE), and how many teachers beat their base by 2 SE."""
+    from llgbm_jax.scoring.stats import paired_gain
+    from llgbm_jax.tasks.family import KINDS, family_task_names
+
+    hits = lambda p: [d["correct"] for d in read_json(p)]
+    rows = []
+    for kind in KINDS:
+        got = []
+        for t in family_task_names(kind):
+            base = os.path.join(zoo_dir, t, "base_test_details.json")
+            final = os.path.join(zoo_dir, t, "run0", f"step_{zoo_cfg.teacher_for(t).steps:05d}", "test_details.json")
+            if t in zoo_cfg.tasks and os.path.isfile(base) and os.path.isfile(final):
+                got.append((hits(base), hits(final)))
+        if got:
+            pooled_gain = paired_gain([x for b, _ in got for x in b], [x for _, f in got for x in f])
+            rows.append({**pooled_gain, "kind": kind, "tasks": len(got), "of": len(family_task_names(kind)),
+                         "n_per_task": len(got[0][0]), "base": float(np.mean([np.mean(b) for b, _ in got])),
+                         "teacher": float(np.mean([np.mean(f) for _, f in got])),
+                         "significant": sum(paired_gain(b, f)["gain_in_se"] > 2 for b, f in got)})
+    return rows
+
+
+def format_kind_table(rows: list[dict]) -> str:
+    lines = [f"{'kind':<11} {'tasks':>6} {'n/task':>6} {'base':>6} {'teacher':>7} {'gain ± SE':>16} {'> 2 SE':>7}"]
+    lines += [f"{r['kind']:<11} {r['tasks']:>3}/{r['of']:<2} {r['n_per_task']:>6} {r['base']:>6.3f} {r['teacher']:>7.3f} "
+              f"{r['gain']:+.3f} ± {r['se']:.3f}".ljust(61) + f" {r['significant']:>3}/{r['tasks']}" for r in rows]
+    return "\n".join(lines)
 
 
 # --- ΔW geometry ---------------------------------------------------------------------------------------------
@@ -281,95 +312,170 @@ def plot(summary: dict, path: str) -> str:
 
 # --- the study ------------------------------------------------------------------------------------------------
 
-def run(config: UnseenConfig = UnseenConfig(), *, base_model=None, show_progress: bool = True) -> dict[str, Any]:
-    """The whole study (module docstring); returns what it writes to ``results.json``."""
-    import jax
-    from tqdm.auto import tqdm
+@dataclasses.dataclass
+class Study:
+    """What every generator of the study is judged with (`prepare`): the split, the teachers and the fixed
+    baselines, the score cache."""
 
-    from llgbm_jax.ablations import AblationConfig, setup_base_components
+    config: UnseenConfig
+    base_model: Any
+    split: Any  # FamilySplit
+    oracle: dict  # held-out task -> its teacher (LoRA)
+    seen_teachers: dict  # seen task -> its final teacher (LoRA)
+    mean_teachers: Any
+    multitask: Any
+    multitask_steps: int
+    zero: Any  # the base model as an all-zero adapter of the teachers' shape
+    cache: Any  # ScoreCache
+    seconds: dict
+
+    @property
+    def seen(self) -> list[str]:
+        return list(self.split.seen)
+
+    @property
+    def heldout(self) -> list[str]:
+        return list(self.split.heldout)
+
+    def score(self, task: str, lora, n: int | None = None) -> dict[str, list[bool]]:
+        return score(self.base_model, task, lora, n or self.config.eval_samples, self.config.exact_match, self.cache)
+
+    def fixed(self, task: str, nearest: str | None = None) -> dict[str, Any]:
+        """The baselines that do not depend on a generator, for a held-out ``task``."""
+        out = {"base": self.zero, "oracle": self.oracle[task], "mean_teachers": self.mean_teachers,
+               "multitask": self.multitask}
+        if nearest is not None:
+            out["nearest_teacher"] = self.seen_teachers[nearest]
+        return out
+
+
+def prepare(config: UnseenConfig, *, base_model=None, show_progress: bool = True) -> Study:
+    """Build (or reuse) the zoo, save the split, train (or reuse) the multi-task LoRA, load the teachers."""
+    import jax
+
     from llgbm_jax.base import load_base_model
-    from llgbm_jax.evaluation.comparison import ScoreCache, cross_task_sources
-    from llgbm_jax.generator.model import create_generator, generate_lora
-    from llgbm_jax.generator.training import train
+    from llgbm_jax.evaluation.comparison import ScoreCache
     from llgbm_jax.lora.ops import mean_lora
     from llgbm_jax.lora.peft import load_peft_adapter
-    from llgbm_jax.tasks.family import descriptions
     from llgbm_jax.tasks.family_splits import family_split
     from llgbm_jax.teachers.manifest import final_adapters, read_zoo
     from llgbm_jax.teachers.zoo import build_zoo
 
     t0, seconds = time.perf_counter(), {}
     os.makedirs(config.run_dir, exist_ok=True)
-    write_json_atomic(os.path.join(config.run_dir, "config.json"), config.to_dict())
     base_model = base_model or load_base_model(config.model)
     zoo_cfg = zoo_config(config)
     build_zoo(config.zoo_dir, zoo_cfg, base_model=base_model, show_progress=show_progress)
     seconds["zoo"] = time.perf_counter() - t0
+    print("teachers per kind (cloze, test questions):\n" + format_kind_table(kind_table(config.zoo_dir, zoo_cfg)))
     split = family_split(config.held_out_kinds, config.inside_per_kind, config.outside_per_kind, zoo_cfg.tasks)
     write_json_atomic(os.path.join(config.run_dir, "split.json"), split.to_dict())
-    seen, heldout = list(split.seen), list(split.heldout)
-    print(f"{len(seen)} seen tasks, {len(heldout)} held out: inside {list(split.inside)}, outside "
+    print(f"{len(split.seen)} seen tasks, {len(split.heldout)} held out: inside {list(split.inside)}, outside "
           f"{list(split.outside)}, kinds {list(split.held_out_kinds)}", flush=True)
-
     t = time.perf_counter()
-    multitask, multitask_steps = train_multitask(config, zoo_cfg, seen, base_model, show_progress)
+    multitask, multitask_steps = train_multitask(config, zoo_cfg, list(split.seen), base_model, show_progress)
     seconds["multitask"] = time.perf_counter() - t
     finals = {a.task: a for a in final_adapters(read_zoo(config.zoo_dir))}
-    oracle = {h: load_peft_adapter(finals[h].path, base_model.config) for h in heldout}
-    seen_teachers = [load_peft_adapter(finals[s].path, base_model.config) for s in seen]
-    mean_teachers = mean_lora(seen_teachers)
-    # The base model as an all-zero adapter of the teachers' shape: the same scores exactly (its term adds 0), and
-    # the teachers' and generated adapters' scoring reuses the programs it compiles.
-    zero = jax.tree_util.tree_map(np.zeros_like, seen_teachers[0])
+    load = lambda t: load_peft_adapter(finals[t].path, base_model.config)
+    seen_teachers = {s: load(s) for s in split.seen}
+    zero = jax.tree_util.tree_map(np.zeros_like, next(iter(seen_teachers.values())))
+    return Study(config, base_model, split, {h: load(h) for h in split.heldout}, seen_teachers,
+                 mean_lora(list(seen_teachers.values())), multitask, multitask_steps, zero,
+                 ScoreCache(os.path.join(config.run_dir, "cache", "scores")), seconds)
 
-    cache = ScoreCache(os.path.join(config.run_dir, "cache", "scores"))
-    hits: dict[str, dict] = {h: {v: {} for v in VARIANTS} for h in heldout}
-    n, em = config.eval_samples, config.exact_match
+
+def train_generator(study: Study, seed: int, *, mode: str | None = None, steps: int | None = None,
+                    run_dir: str | None = None, run_name: str | None = None, show_progress: bool = True,
+                    teachers_transform=None):
+    """Train (or resume) a generator on the seen tasks' teachers; ``mode`` is a supervision mode of
+    `llgbm_jax.ablations.MODES` (default: the ΔW loss). ``teachers_transform`` maps the training teachers (a
+    stacked LoRA) before training (the gauge test). Writes to ``run_dir/run_name`` (default: the study's
+    ``run_dir/seed<k>``). Returns ``(generator, components, TrainingState)``."""
+    from llgbm_jax.ablations import AblationConfig, mode_config, setup_base_components
+    from llgbm_jax.generator.model import create_generator
+    from llgbm_jax.generator.training import train
+
+    cfg = training_config(study.config, seed)
+    run = os.path.join(run_dir or study.config.run_dir, run_name or f"seed{seed}")
+    cfg = cfg.replace(batch_size=min(cfg.batch_size, len(study.seen)), num_steps=steps or cfg.num_steps,
+                      output_dir=run, checkpoint_dir=os.path.join(run, "checkpoints"))
+    if mode is not None:
+        cfg = mode_config(cfg, mode)
+    comp = setup_base_components(AblationConfig(tasks=tuple(study.seen)), cfg, base_model=study.base_model,
+                                 show_progress=show_progress)
+    if teachers_transform is not None:
+        comp.dataset.teachers = teachers_transform(comp.dataset.teachers)
+    gen = create_generator(cfg, seed, model_config=study.base_model.config)
+    state = train(gen, comp.dataset, cfg, model_config=study.base_model.config, show_progress=show_progress,
+                  delta=comp.delta_inputs if cfg.lambda_delta > 0 or cfg.lambda_sft > 0 else None,
+                  sft=comp.sft_data() if cfg.lambda_sft > 0 else None)
+    return gen, comp, state
+
+
+def heldout_adapters(study: Study, generator, text_encoder, seed: int, salt: int = 0) -> dict[str, dict]:
+    """Per held-out task, the generator's adapters: from examples, from one description, from random text, and
+    from another held-out task's examples."""
+    from llgbm_jax.evaluation.comparison import cross_task_sources
+    from llgbm_jax.generator.model import generate_lora
+    from llgbm_jax.tasks.family import descriptions
+
+    n = study.config.num_prompts
+    generated = {h: generate_lora(generator, example_prompts(h, n, seed), text_encoder) for h in study.heldout}
+    other = cross_task_sources(study.heldout)
+    return {h: {"generated": generated[h],
+                "generated_description": generate_lora(generator, [descriptions(h)[seed % len(descriptions(h))]],
+                                                       text_encoder),
+                "random_text": generate_lora(generator, random_texts(n, seed + 100 * salt), text_encoder),
+                "other_heldout": generated[other[h]]} for h in study.heldout}
+
+
+def nearest_teachers(study: Study, text_encoder) -> dict[str, str]:
+    """Per held-out task, the seen task whose examples' mean embedding is closest (cosine) to its examples'."""
+    n = study.config.num_prompts
+    centre = lambda t: np.asarray(text_encoder.encode(example_prompts(t, n, 0)), np.float64).mean(0)
+    seen = {s: centre(s) for s in study.seen}
+    out = {}
+    for h in study.heldout:
+        c = centre(h)
+        cos = {s: float(c @ v / (np.linalg.norm(c) * np.linalg.norm(v))) for s, v in seen.items()}
+        out[h] = max(cos, key=cos.get)
+    return out
+
+
+def run(config: UnseenConfig = UnseenConfig(), *, base_model=None, show_progress: bool = True) -> dict[str, Any]:
+    """The whole study (module docstring); returns what it writes to ``results.json``."""
+    from tqdm.auto import tqdm
+
+    t0 = time.perf_counter()
+    os.makedirs(config.run_dir, exist_ok=True)
+    write_json_atomic(os.path.join(config.run_dir, "config.json"), config.to_dict())
+    study = prepare(config, base_model=base_model, show_progress=show_progress)
+    seconds = dict(study.seconds)
+    hits: dict[str, dict] = {h: {v: {} for v in VARIANTS} for h in study.heldout}
     nearest, collapse, training = {}, {}, {}
     for k, seed in enumerate(config.seeds):
         t = time.perf_counter()
-        tcfg = training_config(config, seed)
-        tcfg = tcfg.replace(batch_size=min(tcfg.batch_size, len(seen)))
-        comp = setup_base_components(AblationConfig(tasks=tuple(seen)), tcfg, base_model=base_model,
-                                     show_progress=show_progress)
-        gen = create_generator(tcfg, seed, model_config=base_model.config)
-        state = train(gen, comp.dataset, tcfg, model_config=base_model.config, show_progress=show_progress)
+        gen, comp, state = train_generator(study, seed, show_progress=show_progress)
         training[seed] = {"loss_first": state.loss_history[0], "loss_last": state.loss_history[-1],
                           "seconds": state.seconds}
         seconds[f"generator_seed{seed}"] = time.perf_counter() - t
-        examples = {h: example_prompts(h, config.num_prompts, seed) for h in heldout}
-        other = cross_task_sources(heldout)
-        generated = {h: generate_lora(gen, examples[h], comp.text_encoder) for h in heldout}
-        adapters = {h: {"generated": generated[h],
-                        "generated_description": generate_lora(gen, [descriptions(h)[seed % len(descriptions(h))]],
-                                                               comp.text_encoder),
-                        "random_text": generate_lora(gen, random_texts(config.num_prompts, seed + 100 * k),
-                                                     comp.text_encoder),
-                        "other_heldout": generated[other[h]]} for h in heldout}
-        if k == 0:  # nearest seen teacher by condition embedding (examples of the first seed)
-            enc = comp.text_encoder.encode
-            centre = lambda texts: np.asarray(enc(texts), np.float64).mean(0)
-            seen_centres = {s: centre(example_prompts(s, config.num_prompts, 0)) for s in seen}
-            for h in heldout:
-                c = centre(examples[h])
-                cos = {s: float(c @ v / (np.linalg.norm(c) * np.linalg.norm(v))) for s, v in seen_centres.items()}
-                nearest[h] = max(cos, key=cos.get)
-        collapse[seed] = collapse_check([generated[h] for h in heldout], [oracle[h] for h in heldout], mean_teachers)
+        adapters = heldout_adapters(study, gen, comp.text_encoder, seed, salt=k)
+        if not nearest:
+            nearest = nearest_teachers(study, comp.text_encoder)
+        collapse[seed] = collapse_check([adapters[h]["generated"] for h in study.heldout],
+                                        [study.oracle[h] for h in study.heldout], study.mean_teachers)
         t = time.perf_counter()
-        for h in tqdm(heldout, desc=f"scoring seed {seed}", disable=not show_progress):
+        for h in tqdm(study.heldout, desc=f"scoring seed {seed}", disable=not show_progress):
             if k == 0:
-                fixed = {"base": zero, "oracle": oracle[h], "mean_teachers": mean_teachers, "multitask": multitask,
-                         "nearest_teacher": seen_teachers[seen.index(nearest[h])]}
-                for v, lora in fixed.items():
-                    hits[h][v] = score(base_model, h, lora, n, em, cache)
+                for v, lora in study.fixed(h, nearest[h]).items():
+                    hits[h][v] = study.score(h, lora)
             for v, lora in adapters[h].items():
-                got = score(base_model, h, lora, n, em, cache)
-                for s, x in got.items():
+                for s, x in study.score(h, lora).items():
                     hits[h][v].setdefault(s, []).append(x)
         seconds[f"scoring_seed{seed}"] = time.perf_counter() - t
 
-    summary = summarize(hits, split)
-    results = {"config": config.to_dict(), "split": split.to_dict(), "multitask_steps": multitask_steps,
+    summary = summarize(hits, study.split)
+    results = {"config": config.to_dict(), "split": study.split.to_dict(), "multitask_steps": study.multitask_steps,
                "nearest_teacher": nearest, "training": training, "collapse": collapse, "summary": summary,
                "hits": hits, "seconds": {**seconds, "total": time.perf_counter() - t0}}
     write_json_atomic(os.path.join(config.run_dir, "results.json"), results)

@@ -6,10 +6,11 @@ import optax
 
 
 def warmup_cosine(lr: float, warmup_steps: int, total_steps: int) -> optax.Schedule:
-    """Linear warm-up from 0.1·lr to lr, then cosine decay to 0.01·lr at ``total_steps``."""
-    return optax.warmup_cosine_decay_schedule(
-        init_value=0.1 * lr, peak_value=lr, warmup_steps=max(warmup_steps, 1),
-        decay_steps=max(total_steps, warmup_steps + 1), end_value=0.01 * lr)
+    """Linear warm-up from 0.1·lr to lr, then cosine decay to 0.01·lr at ``total_steps`` (at least one step
+    of each, so that a one-step run has a schedule too)."""
+    warmup = max(warmup_steps, 1)
+    return optax.warmup_cosine_decay_schedule(init_value=0.1 * lr, peak_value=lr, warmup_steps=warmup,
+                                              decay_steps=max(total_steps, warmup + 1), end_value=0.01 * lr)
 
 
 def adamw(lr: float, warmup_steps: int, total_steps: int, *, weight_decay: float = 0.0,

@@ -1,0 +1,250 @@
+"""What supervision teaches a generator (``llgbm-jax ablations``, ``python experiments/ablations.py``).
+
+On the unseen-tasks study's zoo and split (`llgbm_jax.evaluation.unseen`), a generator is trained on the seen
+tasks under each supervision mode of `llgbm_jax.ablations.MODES` (raw factors, ΔW, behaviour, both, end to end,
+end to end + ΔW), per seed, twice: at the same number of steps (``steps``) and at the same wall-clock budget
+(``budget_seconds``, from each mode's measured time per step). Each trial records its final loss, ΔW cosine and
+relative error to the seen tasks' held-out teachers, the behavioural delta cosine to its own task's teachers
+and to the others', and accuracy on seen tasks (generated from held-out prompts, beside base and the task's
+teacher) and on the held-out tasks (generated from examples and from random text, beside base, the oracle, the
+mean of the training teachers and the multi-task LoRA), with paired standard errors.
+
+The gauge test trains ``delta_w`` and ``weight_only`` again on the zoo with every teacher replaced by a
+gauge-transformed copy (`llgbm_jax.lora.gauge_transform`: same ΔW, other factors): ΔW supervision sees the
+same targets (the same loss curve within float tolerance), raw-factor supervision does not.
+
+Trials are resumable (``<run_dir>/<comparison>/<mode>/seed<k>/trial.json``); writes ``results.json`` (every
+trial), ``summary.csv`` (mean ± std over seeds per comparison and mode) and ``ablations.png``.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import time
+from typing import Any
+
+import numpy as np
+
+from llgbm_jax.utils.io import atomic_file, read_json, write_json_atomic
+
+GAUGE_MODES = ("delta_w", "weight_only")
+METRICS = ("final_loss", "delta_w_cosine", "delta_w_relative_error", "delta_cos_own", "delta_cos_other",
+           "seen_gain", "seen_recovered", "unseen_gain", "unseen_recovered", "unseen_random_text_gain",
+           "unseen_minus_mean_teachers", "unseen_minus_multitask")
+
+
+def evenly(items: list, k: int) -> list:
+    """``k`` items spread evenly over ``items`` (all of them if ``k`` is at least their number)."""
+    if k >= len(items):
+        return list(items)
+    return [items[round(i * (len(items) - 1) / max(k - 1, 1))] for i in range(k)]
+
+
+def pooled_gain(new: dict[str, list], base: dict[str, list]) -> float:
+    return float(np.mean(np.concatenate([np.asarray(new[t], float) - np.asarray(base[t], float) for t in new])))
+
+
+def measure(study, gen, comp, state, seed: int, seen_tasks: list[str]) -> dict[str, Any]:
+    """The trial's metrics and per-question cloze hits (see the module docstring)."""
+    from llgbm_jax.evaluation.comparison import own_other_cosine
+    from llgbm_jax.evaluation.unseen import heldout_adapters
+    from llgbm_jax.generator.model import generate_lora
+    from llgbm_jax.generator.training import evaluate
+
+    cfg = comp.config
+    ev, _, deltas = evaluate(gen, comp.eval_dataset, cfg, base_model=study.base_model, probes=comp.probes,
+                             base_hidden=comp.base_activation, return_generated=True)
+    tasks_of = {a.name: a.task for a in comp.adapters if a.name in comp.teacher_deltas}
+    own_other = [own_other_cosine(d, a.task, comp.teacher_deltas, tasks_of)
+                 for d, a in zip(deltas, comp.eval_dataset.adapters)]
+    n = study.config.eval_samples
+    cloze = lambda t, lora: study.score(t, lora)["cloze"]
+    seen = {"base": {}, "teacher": {}, "generated": {}}
+    for t in seen_tasks:
+        prompts = comp.dataset.splits.heldout_prompts[t][:study.config.num_prompts]
+        seen["base"][t], seen["teacher"][t] = cloze(t, study.zero), cloze(t, study.seen_teachers[t])
+        seen["generated"][t] = cloze(t, generate_lora(gen, prompts, comp.text_encoder))
+    unseen = {v: {} for v in ("base", "oracle", "mean_teachers", "multitask", "generated", "random_text")}
+    adapters = heldout_adapters(study, gen, comp.text_encoder, seed)
+    for h in study.heldout:
+        for v, lora in study.fixed(h).items():
+            unseen[v][h] = cloze(h, lora)
+        for v in ("generated", "random_text"):
+            unseen[v][h] = cloze(h, adapters[h][v])
+    gain = lambda hits, v: pooled_gain(hits[v], hits["base"])
+    ratio = lambda a, b: a / b if b > 0 else None
+    metrics = {"final_loss": float(np.mean(state.loss_history[-10:])), "delta_w_cosine": ev["delta_w"]["cosine"],
+               "delta_w_relative_error": ev["delta_w"]["relative_error"],
+               "delta_cos_own": float(np.mean([c["own"] for c in own_other])),
+               "delta_cos_other": float(np.mean([c["other"] for c in own_other])),
+               "seen_gain": gain(seen, "generated"),
+               "seen_recovered": ratio(gain(seen, "generated"), gain(seen, "teacher")),
+               "unseen_gain": gain(unseen, "generated"),
+               "unseen_recovered": ratio(gain(unseen, "generated"), gain(unseen, "oracle")),
+               "unseen_random_text_gain": gain(unseen, "random_text"),
+               "unseen_minus_mean_teachers": pooled_gain(unseen["generated"], unseen["mean_teachers"]),
+               "unseen_minus_multitask": pooled_gain(unseen["generated"], unseen["multitask"])}
+    return {"metrics": metrics, "questions_per_task": n, "seen_hits": seen, "unseen_hits": unseen,
+            "loss_history": state.loss_history, "term_histories": state.term_histories,
+            "seconds_per_step": state.seconds / max(len(state.loss_history), 1), "train_seconds": state.seconds}
+
+
+def gauge_teachers(seed: int):
+    """A function replacing stacked teachers by gauge-transformed copies (one random G per adapter)."""
+    import jax
+
+    from llgbm_jax.lora import gauge_transform
+
+    return lambda teachers: jax.tree_util.tree_map(np.asarray, gauge_transform(teachers, jax.random.PRNGKey(1000 + seed)))
+
+
+def run_trial(study, ablation, comparison: str, mode: str, seed: int, steps: int, seen_tasks: list[str], *,
+              show_progress: bool, gauge: bool = False) -> dict[str, Any]:
+    """One trained and measured generator, or the saved one (``trial.json``) when it is already done."""
+    from llgbm_jax.evaluation.unseen import train_generator
+
+    name = os.path.join(comparison, mode, f"seed{seed}")
+    path = os.path.join(ablation.run_dir, name, "trial.json")
+    key = {"comparison": comparison, "mode": mode, "seed": seed, "steps": steps, "seen_tasks": seen_tasks}
+    if os.path.isfile(path) and read_json(path).get("key") == key:
+        return read_json(path)
+    gen, comp, state = train_generator(study, seed, mode=mode, steps=steps, run_dir=ablation.run_dir, run_name=name,
+                                       show_progress=show_progress,
+                                       teachers_transform=gauge_teachers(seed) if gauge else None)
+    trial = {"key": key, **key, **measure(study, gen, comp, state, seed, seen_tasks)}
+    write_json_atomic(path, trial)
+    return trial
+
+
+def summary_rows(trials: list[dict]) -> list[dict]:
+    """Per (comparison, mode): steps and every metric's mean and standard deviation over seeds."""
+    rows = []
+    for comparison in dict.fromkeys(t["comparison"] for t in trials):
+        for mode in dict.fromkeys(t["mode"] for t in trials if t["comparison"] == comparison):
+            group = [t for t in trials if (t["comparison"], t["mode"]) == (comparison, mode)]
+            row = {"comparison": comparison, "mode": mode, "seeds": len(group), "steps": group[0]["steps"],
+                   "seconds_per_step": float(np.mean([t["seconds_per_step"] for t in group]))}
+            for m in METRICS:
+                vals = [t["metrics"][m] for t in group if t["metrics"][m] is not None]
+                row[m] = float(np.mean(vals)) if vals else None
+                row[m + "_std"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
+            rows.append(row)
+    return rows
+
+
+def versus_delta_w(trials: list[dict], comparison: str) -> dict[str, dict]:
+    """Each mode's unseen and seen cloze hits minus ``delta_w``'s on the same questions and seeds (paired, pooled)."""
+    from llgbm_jax.evaluation.unseen import pooled
+
+    by = {(t["mode"], t["seed"]): t for t in trials if t["comparison"] == comparison}
+    out = {}
+    for mode in dict.fromkeys(m for m, _ in by):
+        seeds = [s for m, s in by if m == mode and ("delta_w", s) in by]
+        if mode == "delta_w" or not seeds:
+            continue
+        out[mode] = {}
+        for part in ("seen_hits", "unseen_hits"):
+            diffs = [np.asarray(by[mode, s][part]["generated"][t], float) - np.asarray(by["delta_w", s][part]["generated"][t], float)
+                     for s in seeds for t in by[mode, s][part]["generated"]]
+            out[mode][part.replace("_hits", "")] = pooled(diffs)
+    return out
+
+
+def gauge_report(trials: list[dict]) -> dict[str, dict]:
+    """Per gauge mode: the largest relative difference of the loss curve on the gauge-transformed zoo to the
+    one on the original zoo (same seed and steps), and the accuracy change on unseen tasks."""
+    out = {}
+    for g in (t for t in trials if t["comparison"] == "gauge"):
+        ref = next(t for t in trials if t["comparison"] == "steps" and (t["mode"], t["seed"]) == (g["mode"], g["seed"]))
+        a, b = np.asarray(g["loss_history"]), np.asarray(ref["loss_history"])
+        out[g["mode"]] = {"max_relative_loss_difference": float(np.max(np.abs(a - b) / np.maximum(np.abs(b), 1e-30))),
+                          "unseen_gain": g["metrics"]["unseen_gain"], "unseen_gain_original": ref["metrics"]["unseen_gain"],
+                          "seen_gain": g["metrics"]["seen_gain"], "seen_gain_original": ref["metrics"]["seen_gain"]}
+    return out
+
+
+def write_summary_csv(rows: list[dict], path: str) -> str:
+    with atomic_file(path, ".csv") as tmp:
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+    return path
+
+
+def plot_ablations(rows: list[dict], path: str) -> str:
+    """Seen and unseen cloze gain over base per mode (mean ± std over seeds), one panel per comparison."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    comparisons = list(dict.fromkeys(r["comparison"] for r in rows))
+    fig, axes = plt.subplots(1, len(comparisons), figsize=(5.5 * len(comparisons), 4), squeeze=False)
+    for ax, c in zip(axes[0], comparisons):
+        sub = [r for r in rows if r["comparison"] == c]
+        x = np.arange(len(sub))
+        for j, (m, label) in enumerate((("seen_gain", "seen tasks"), ("unseen_gain", "unseen tasks"))):
+            ax.bar(x + (j - 0.5) * 0.38, [r[m] for r in sub], 0.38, yerr=[r[m + "_std"] for r in sub], capsize=2,
+                   label=label)
+        ax.set_xticks(x, [r["mode"] for r in sub], rotation=30, ha="right")
+        ax.axhline(0, color="k", lw=0.5)
+        ax.set(title=f"{c}", ylabel="cloze gain over base")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_file(path, ".png") as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return path
+
+
+def format_rows(rows: list[dict]) -> str:
+    f = lambda v: "-" if v is None else f"{v:.3f}"
+    lines = [f"{'comparison':<10} {'mode':<12} {'steps':>5} {'s/step':>6} {'loss':>8} {'ΔW cos':>7} {'δ own':>6} "
+             f"{'δ other':>7} {'seen gain':>15} {'unseen gain':>15} {'random text':>11} {'- mean':>7} {'- multi':>7}"]
+    for r in rows:
+        pm = lambda m: f"{f(r[m])} ± {f(r[m + '_std'])}"
+        lines.append(f"{r['comparison']:<10} {r['mode']:<12} {r['steps']:>5} {r['seconds_per_step']:>6.2f} "
+                     f"{r['final_loss']:>8.4g} {f(r['delta_w_cosine']):>7} {f(r['delta_cos_own']):>6} "
+                     f"{f(r['delta_cos_other']):>7} {pm('seen_gain'):>15} {pm('unseen_gain'):>15} "
+                     f"{f(r['unseen_random_text_gain']):>11} {f(r['unseen_minus_mean_teachers']):>7} "
+                     f"{f(r['unseen_minus_multitask']):>7}")
+    return "\n".join(lines)
+
+
+def run(ablation, *, base_model=None, show_progress: bool = True) -> dict[str, Any]:
+    """Every trial of ``ablation`` (an `llgbm_jax.ablations.AblationConfig`), the summary, the gauge test."""
+    from llgbm_jax.evaluation.unseen import prepare
+
+    t0 = time.perf_counter()
+    os.makedirs(ablation.run_dir, exist_ok=True)
+    study = prepare(ablation.study, base_model=base_model, show_progress=show_progress)
+    seen_tasks = evenly(study.seen, ablation.seen_tasks)
+    trial = lambda comparison, mode, seed, steps, gauge=False: run_trial(
+        study, ablation, comparison, mode, seed, steps, seen_tasks, show_progress=show_progress, gauge=gauge)
+    trials = [trial("steps", m, s, ablation.steps) for m in ablation.modes for s in ablation.seeds]
+    for m in ablation.modes:  # the same wall-clock budget: each mode's own time per step, as measured above
+        per_step = np.mean([t["seconds_per_step"] for t in trials if t["mode"] == m and t["comparison"] == "steps"])
+        trials += [trial("budget", m, s, max(1, int(ablation.budget_seconds / per_step))) for s in ablation.seeds]
+    if ablation.gauge_test:
+        trials += [trial("gauge", m, ablation.seeds[0], ablation.steps, gauge=True) for m in GAUGE_MODES
+                   if m in ablation.modes]
+    rows = summary_rows(trials)
+    results = {"config": ablation.to_dict(), "seen_tasks": seen_tasks, "heldout_tasks": study.heldout,
+               "summary": rows, "versus_delta_w": {c: versus_delta_w(trials, c) for c in ("steps", "budget")},
+               "gauge": gauge_report(trials), "trials": trials, "seconds": time.perf_counter() - t0}
+    write_json_atomic(os.path.join(ablation.run_dir, "results.json"), results)
+    write_summary_csv(rows, os.path.join(ablation.run_dir, "summary.csv"))
+    print(format_rows(rows))
+    for c, modes in results["versus_delta_w"].items():
+        print(f"{c}: minus delta_w, cloze, paired and pooled over seeds: " + "; ".join(
+            f"{m} seen {v['seen']['gain']:+.3f} ± {v['seen']['se']:.3f}, unseen {v['unseen']['gain']:+.3f} ± "
+            f"{v['unseen']['se']:.3f}" for m, v in modes.items()))
+    for m, g in results["gauge"].items():
+        print(f"gauge test, {m}: loss curve differs by at most {g['max_relative_loss_difference']:.2e} (relative); "
+              f"unseen gain {g['unseen_gain_original']:+.3f} -> {g['unseen_gain']:+.3f}, seen gain "
+              f"{g['seen_gain_original']:+.3f} -> {g['seen_gain']:+.3f}")
+    print(f"plot: {plot_ablations(rows, os.path.join(ablation.run_dir, 'ablations.png'))}; "
+          f"{(time.perf_counter() - t0) / 60:.1f} min")
+    return results
