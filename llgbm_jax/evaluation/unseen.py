@@ -181,7 +181,7 @@ def delta_w_gram(loras) -> np.ndarray:
     for i in range(n):
         for j in range(i, n):
             gram[i, j] = gram[j, i] = sum(
-                float(np.einsum("lor,los,lri,lsi->", bi, parts[j][m][0], ai, parts[j][m][1]))
+                float((np.einsum("lor,los->lrs", bi, parts[j][m][0]) * np.einsum("lri,lsi->lrs", ai, parts[j][m][1])).sum())
                 for m, (bi, ai) in parts[i].items() if m in parts[j])
     return gram
 
