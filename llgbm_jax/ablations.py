@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from llgbm_jax.base.model import DEFAULT_MODEL
 from llgbm_jax.generator.config import TrainingConfig
 
 # What supervises the generator (issue: the ablation over supervision modes): TrainingConfig fields per mode.
@@ -39,10 +40,34 @@ def mode_config(config: TrainingConfig, mode: str, lambda_delta: float | None = 
 PROBE_SEED = 0
 
 
-def _study_config():
-    from llgbm_jax.evaluation.unseen import UnseenConfig
+@dataclasses.dataclass(frozen=True)
+class UnseenConfig:
+    """The unseen-tasks study (`llgbm_jax.evaluation.unseen`): the family zoo, the held-out split, the generators
+    and the baselines. The supervision ablation runs on the same study."""
 
-    return UnseenConfig()
+    run_dir: str = "runs/unseen"
+    zoo_dir: str = "runs/zoo_family"
+    zoo_preset: str = "family"
+    model: str = DEFAULT_MODEL
+    kinds: tuple[str, ...] | None = None  # the family's kinds in the study (None: all)
+    tasks: tuple[str, ...] | None = None  # or the family's tasks in the study (overrides kinds)
+    held_out_kinds: tuple[str, ...] = ("format", "digits")
+    inside_per_kind: int = 1
+    outside_per_kind: int = 1
+    seeds: tuple[int, ...] = (0, 1, 2)
+    steps: int = 400  # generator optimizer updates
+    learning_rate: float = 3e-3
+    num_prompts: int = 8  # example prompts per condition (training and held-out)
+    description_share: float = 0.25  # of training conditions: one description of the task alone
+    eval_samples: int = 24  # test questions per held-out task
+    exact_match: bool = True
+    multitask_steps: int | None = None  # None: the seen teachers' steps summed (their total budget)
+    generator_hidden: int = 512
+    num_probes: int = 8  # behavioural probes (the dataset's deltas; the ΔW loss does not use them)
+    max_probe_length: int = 64
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
 
 @dataclasses.dataclass
@@ -76,7 +101,7 @@ class AblationConfig:
     budget_seconds: float = 600.0  # training time of the same-budget comparison, per generator
     seen_tasks: int = 12  # seen tasks whose accuracy is measured (spread over the seen list)
     gauge_test: bool = True
-    study: Any = dataclasses.field(default_factory=_study_config)  # UnseenConfig: the zoo, split and baselines
+    study: UnseenConfig = dataclasses.field(default_factory=UnseenConfig)  #: the zoo, split and baselines
 
     ABLATION_FIELDS = ("tasks", "run_dir", "modes", "seeds", "steps", "budget_seconds", "seen_tasks", "gauge_test",
                        "study")

@@ -30,40 +30,13 @@ from typing import Any
 
 import numpy as np
 
-from llgbm_jax.base.model import DEFAULT_MODEL
+from llgbm_jax.ablations import UnseenConfig  # noqa: F401  (defined with AblationConfig, whose study it is)
 from llgbm_jax.utils.io import atomic_file, content_key, read_json, write_json_atomic
 
 FIXED = ("base", "oracle", "mean_teachers", "nearest_teacher", "multitask")  # the same for every seed
 GENERATED = ("generated", "generated_description", "random_text", "other_heldout")  # one per seed
 VARIANTS = FIXED + GENERATED
 SCORES = ("cloze", "exact_match")
-
-
-@dataclasses.dataclass(frozen=True)
-class UnseenConfig:
-    run_dir: str = "runs/unseen"
-    zoo_dir: str = "runs/zoo_family"
-    zoo_preset: str = "family"
-    model: str = DEFAULT_MODEL
-    kinds: tuple[str, ...] | None = None  # the family's kinds in the study (None: all)
-    tasks: tuple[str, ...] | None = None  # or the family's tasks in the study (overrides kinds)
-    held_out_kinds: tuple[str, ...] = ("format", "digits")
-    inside_per_kind: int = 1
-    outside_per_kind: int = 1
-    seeds: tuple[int, ...] = (0, 1, 2)
-    steps: int = 400  # generator optimizer updates
-    learning_rate: float = 3e-3
-    num_prompts: int = 8  # example prompts per condition (training and held-out)
-    description_share: float = 0.25  # of training conditions: one description of the task alone
-    eval_samples: int = 24  # test questions per held-out task
-    exact_match: bool = True
-    multitask_steps: int | None = None  # None: the seen teachers' steps summed (their total budget)
-    generator_hidden: int = 512
-    num_probes: int = 8  # behavioural probes (the dataset's deltas; the ΔW loss does not use them)
-    max_probe_length: int = 64
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 # --- set-up -------------------------------------------------------------------------------------------------
