@@ -126,6 +126,8 @@ def add_unseen(ap):
     d = UnseenConfig()
     ap.add_argument("--run-dir", default=d.run_dir, help=f"results, split, generators, caches (default: {d.run_dir})")
     ap.add_argument("--zoo-dir", default=d.zoo_dir, help=f"the family zoo, built when missing (default: {d.zoo_dir})")
+    ap.add_argument("--zoo-preset", default=d.zoo_preset, choices=("family", "family_shared"),
+                    help="teachers with independent (family) or one shared (family_shared) LoRA initialisation")
     ap.add_argument("--kinds", nargs="+", help="family kinds in the study (default: all)")
     ap.add_argument("--tasks", nargs="+", help="family tasks in the study (overrides --kinds)")
     ap.add_argument("--held-out-kinds", nargs="+", default=list(d.held_out_kinds), help="kinds held out whole")
@@ -144,7 +146,7 @@ def run_unseen(args):
     from llgbm_jax.evaluation.unseen import UnseenConfig, run
 
     offline_unless_hub(None)
-    cfg = UnseenConfig(run_dir=args.run_dir, zoo_dir=args.zoo_dir, kinds=tuple(args.kinds) if args.kinds else None,
+    cfg = UnseenConfig(run_dir=args.run_dir, zoo_dir=args.zoo_dir, zoo_preset=args.zoo_preset, kinds=tuple(args.kinds) if args.kinds else None,
                        tasks=tuple(args.tasks) if args.tasks else None,
                        held_out_kinds=tuple(args.held_out_kinds), seeds=tuple(args.seeds), steps=args.steps,
                        eval_samples=args.eval_samples, multitask_steps=args.multitask_steps,

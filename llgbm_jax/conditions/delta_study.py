@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import time
 
-from llgbm_jax.utils.io import atomic_file, write_json_atomic
+from llgbm_jax.utils.io import write_json_atomic
 
 
 def task_summary(deltas, labels) -> dict:
@@ -71,10 +71,9 @@ def format_summary(s: dict) -> str:
 
 
 def plot_matrix(summary: dict, path: str) -> str:
-    import matplotlib
+    from llgbm_jax.utils.figures import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     import numpy as np
 
     tasks = summary["tasks"]
@@ -89,11 +88,7 @@ def plot_matrix(summary: dict, path: str) -> str:
                     color="k" if np.isnan(m[i, j]) else "w")
     fig.colorbar(im, ax=ax, label="mean cosine")
     ax.set_title("behavioural delta cosine, task x task")
-    fig.tight_layout()
-    with atomic_file(path, ".png") as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120)
 
 
 def delta_study(zoo_dir: str, *, num_probes: int = 32, max_probe_length: int = 128, seed: int = 0,

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from llgbm_jax.lora.adapter import LoRA
-from llgbm_jax.utils.io import atomic_file, content_key, json_roundtrip, read_json, warn_unusable, write_json_atomic
+from llgbm_jax.utils.io import content_key, json_roundtrip, read_json, warn_unusable, write_json_atomic
 
 VARIANTS = ("base", "teacher", "generated", "mean_teachers", "cross_task")
 
@@ -339,10 +339,9 @@ def format_rows(head, rows) -> str:
 
 def plot_accuracy(accuracy: dict, path: str) -> str:
     """Per task, the accuracy of every variant with its 95% interval, as a grouped bar chart (PNG)."""
-    import matplotlib
+    from llgbm_jax.utils.figures import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     tasks = list(accuracy)
     fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(tasks) + 2), 4.5))
@@ -356,8 +355,4 @@ def plot_accuracy(accuracy: dict, path: str) -> str:
     ax.set_xticks(range(len(tasks)), tasks, rotation=30, ha="right")
     ax.set(ylabel="accuracy (95% interval)", ylim=(0, 1), title="held-out accuracy per task")
     ax.legend(ncol=len(VARIANTS), fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.35))
-    fig.tight_layout()
-    with atomic_file(path, ".png") as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -175,10 +175,9 @@ def write_summary_csv(rows: list[dict], path: str) -> str:
 
 def plot_ablations(rows: list[dict], path: str) -> str:
     """Seen and unseen cloze gain over base per mode (mean ± std over seeds), one panel per comparison."""
-    import matplotlib
+    from llgbm_jax.utils.figures import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     comparisons = list(dict.fromkeys(r["comparison"] for r in rows))
     fig, axes = plt.subplots(1, len(comparisons), figsize=(5.5 * len(comparisons), 4), squeeze=False)
@@ -192,11 +191,7 @@ def plot_ablations(rows: list[dict], path: str) -> str:
         ax.axhline(0, color="k", lw=0.5)
         ax.set(title=f"{c}", ylabel="cloze gain over base")
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_file(path, ".png") as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def format_rows(rows: list[dict]) -> str:

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from llgbm_jax.ablations import UnseenConfig  # noqa: F401  (defined with AblationConfig, whose study it is)
-from llgbm_jax.utils.io import atomic_file, content_key, read_json, write_json_atomic
+from llgbm_jax.utils.io import content_key, read_json, write_json_atomic
 
 FIXED = ("base", "oracle", "mean_teachers", "nearest_teacher", "multitask")  # the same for every seed
 GENERATED = ("generated", "generated_description", "random_text", "other_heldout")  # one per seed
@@ -159,19 +159,43 @@ def delta_w_gram(loras) -> np.ndarray:
     return gram
 
 
+def teacher_cosines(teachers: dict[str, Any]) -> dict[str, dict]:
+    """Mean ΔW cosine between family teachers (name -> LoRA): neighbours (tasks next to each other in their kind's
+    order among those given, such as add 3 and add 4), any two of one kind, and two of different kinds."""
+    from llgbm_jax.tasks.family import family_task_names, kind_of
+
+    names = list(teachers)
+    g = delta_w_gram([teachers[n] for n in names])
+    norm = np.sqrt(np.maximum(np.diag(g), 1e-60))
+    cos, index = g / np.outer(norm, norm), {n: i for i, n in enumerate(names)}
+    pairs = {"neighbours": [], "same_kind": [], "other_kind": []}
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            pairs["same_kind" if kind_of(a) == kind_of(b) else "other_kind"].append(cos[i, index[b]])
+    for kind in sorted({kind_of(n) for n in names}):
+        order = [n for n in family_task_names(kind) if n in index]
+        pairs["neighbours"] += [cos[index[a], index[b]] for a, b in zip(order, order[1:])]
+    return {k: {"mean": float(np.mean(v)), "n": len(v)} for k, v in pairs.items() if v}
+
+
 def collapse_check(generated, oracles, mean_teachers) -> dict[str, Any]:
     """Spread of the generated ΔW across held-out tasks (mean squared distance to their mean over mean squared
-    norm) against the oracles', and each generated ΔW's cosine to the mean of the training teachers."""
+    norm) against the oracles'; each generated ΔW's cosine to its task's oracle and to the mean of the training
+    teachers, and the mean teacher's cosine to each oracle."""
     def spread(g):
         k = len(g)
         centred = np.trace(g) / k - g.sum() / k ** 2
         return float(centred / max(np.trace(g) / k, 1e-30))
 
-    g = delta_w_gram(list(generated) + [mean_teachers])
     k = len(generated)
-    cos = g[:k, k] / np.sqrt(np.maximum(np.diag(g)[:k] * g[k, k], 1e-60))
-    return {"generated_spread": spread(g[:k, :k]), "oracle_spread": spread(delta_w_gram(list(oracles))),
-            "cosine_to_mean_teachers": cos.tolist(), "mean_cosine_to_mean_teachers": float(cos.mean())}
+    g = delta_w_gram(list(generated) + list(oracles) + [mean_teachers])
+    norm = np.sqrt(np.maximum(np.diag(g), 1e-60))
+    cos = g / np.outer(norm, norm)
+    to_mean, to_oracle, mean_to_oracle = cos[:k, 2 * k], np.diag(cos[:k, k:2 * k]), cos[k:2 * k, 2 * k]
+    return {"generated_spread": spread(g[:k, :k]), "oracle_spread": spread(g[k:2 * k, k:2 * k]),
+            "cosine_to_mean_teachers": to_mean.tolist(), "mean_cosine_to_mean_teachers": float(to_mean.mean()),
+            "cosine_to_oracle": to_oracle.tolist(), "mean_cosine_to_oracle": float(to_oracle.mean()),
+            "mean_teachers_cosine_to_oracle": float(mean_to_oracle.mean())}
 
 
 # --- scoring -------------------------------------------------------------------------------------------------
@@ -202,9 +226,9 @@ def score(base_model, task: str, lora, n: int, exact_match: bool, cache) -> dict
 def pooled(diffs: list[np.ndarray]) -> dict[str, float]:
     """Mean and standard error of paired per-question differences pooled over tasks (each task's differences
     already averaged over seeds)."""
-    d = np.concatenate(diffs)
-    se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else 0.0
-    return {"gain": float(d.mean()), "se": se, "n": int(len(d))}
+    from llgbm_jax.scoring.stats import mean_difference
+
+    return mean_difference(np.concatenate(diffs))
 
 
 def summarize(hits: dict, split, scores=SCORES) -> dict[str, Any]:
@@ -236,11 +260,8 @@ def summarize(hits: dict, split, scores=SCORES) -> dict[str, Any]:
 
 
 def format_results(summary: dict) -> str:
-    lines = []
-    for s in SCORES:
-        first = next(iter(summary["groups"].values()))
-        if s not in first:
-            continue
+    lines, scored = [], next(iter(summary["groups"].values()))  # every group has the same scores
+    for s in (s for s in SCORES if s in scored):
         lines.append(f"\n{s}: gain over base, pooled over tasks and seeds (± paired SE; n questions)")
         head = f"{'group':<8} {'n':>5}  " + "  ".join(f"{v:>21}" for v in VARIANTS[1:]) + "  recovered"
         lines.append(head)
@@ -259,10 +280,9 @@ def format_results(summary: dict) -> str:
 
 def plot(summary: dict, path: str) -> str:
     """Per held-out task: cloze accuracy of base, oracle, generated and the best baseline (PNG)."""
-    import matplotlib
+    from llgbm_jax.utils.figures import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     tasks = list(summary["tasks"])
     acc = lambda v: np.asarray([summary["tasks"][t]["cloze"][v] for t in tasks])
@@ -276,11 +296,7 @@ def plot(summary: dict, path: str) -> str:
     ax.set_xticks(x, tasks, rotation=60, ha="right", fontsize=7)
     ax.set(ylabel="cloze accuracy", ylim=(0, 1), title="held-out tasks: oracle, generated, best baseline")
     ax.legend(ncol=4, fontsize=8)
-    fig.tight_layout()
-    with atomic_file(path, ".png") as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 # --- the study ------------------------------------------------------------------------------------------------
@@ -424,6 +440,9 @@ def run(config: UnseenConfig = UnseenConfig(), *, base_model=None, show_progress
     write_json_atomic(os.path.join(config.run_dir, "config.json"), config.to_dict())
     study = prepare(config, base_model=base_model, show_progress=show_progress)
     seconds = dict(study.seconds)
+    cosines = teacher_cosines({**study.seen_teachers, **study.oracle})
+    print("teachers' ΔW cosine (mean): " + ", ".join(f"{k} {v['mean']:.3f} (n {v['n']})" for k, v in cosines.items()),
+          flush=True)
     hits: dict[str, dict] = {h: {v: {} for v in VARIANTS} for h in study.heldout}
     nearest, collapse, training = {}, {}, {}
     for k, seed in enumerate(config.seeds):
@@ -449,13 +468,15 @@ def run(config: UnseenConfig = UnseenConfig(), *, base_model=None, show_progress
 
     summary = summarize(hits, study.split)
     results = {"config": config.to_dict(), "split": study.split.to_dict(), "multitask_steps": study.multitask_steps,
-               "nearest_teacher": nearest, "training": training, "collapse": collapse, "summary": summary,
+               "nearest_teacher": nearest, "teacher_cosines": cosines, "training": training, "collapse": collapse, "summary": summary,
                "hits": hits, "seconds": {**seconds, "total": time.perf_counter() - t0}}
     write_json_atomic(os.path.join(config.run_dir, "results.json"), results)
     print(format_results(summary))
-    print("collapse check (ΔW spread across held-out tasks, generated vs oracle; cosine to the mean teacher): " +
+    print("collapse check (ΔW spread across held-out tasks, generated vs oracle; mean cosine of the generated ΔW to "
+          "the mean teacher and to the oracle; the mean teacher's to the oracle): " +
           "; ".join(f"seed {s}: {c['generated_spread']:.3f} vs {c['oracle_spread']:.3f}, "
-                    f"{c['mean_cosine_to_mean_teachers']:.3f}" for s, c in collapse.items()))
+                    f"{c['mean_cosine_to_mean_teachers']:.3f}, {c['mean_cosine_to_oracle']:.3f}; "
+                    f"{c['mean_teachers_cosine_to_oracle']:.3f}" for s, c in collapse.items()))
     print("times: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in results["seconds"].items()))
     print(f"plot: {plot(summary, os.path.join(config.run_dir, 'unseen.png'))}; results: "
           f"{os.path.join(config.run_dir, 'results.json')} ({(time.perf_counter() - t0) / 60:.1f} min)")

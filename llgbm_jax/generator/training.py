@@ -302,10 +302,9 @@ def evaluate(generator, dataset, config: TrainingConfig, *, base_model=None, pro
 
 def plot_training_curves(state, max_grad_norm: float, path: str) -> str:
     """Loss (each term too), gradient norm before clipping with the clip line, and learning rate."""
-    import matplotlib
+    from llgbm_jax.utils.figures import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     import numpy as np
 
     steps = np.arange(1, len(state.loss_history) + 1)
@@ -322,7 +321,4 @@ def plot_training_curves(state, max_grad_norm: float, path: str) -> str:
     axes[1].legend()
     axes[2].plot(steps, state.lr_history)
     axes[2].set(xlabel="step", ylabel="learning rate", title="learning rate")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

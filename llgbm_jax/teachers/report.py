@@ -7,7 +7,7 @@ import dataclasses
 import os
 
 from llgbm_jax.teachers.zoo import PRESETS, ZooConfig
-from llgbm_jax.utils.io import atomic_file, read_json
+from llgbm_jax.utils.io import read_json
 
 
 def preset_with(preset: str, *, tasks=None, runs_per_task=None, steps=None, warmup_steps=None, save_every=None,
@@ -59,10 +59,9 @@ def summary_table(manifest) -> str:
 
 def plot_loss_curves(zoo_dir: str, manifest, path: str) -> str:
     """Training loss per step of every run (raw, and a 10-step moving average) as a PNG."""
-    import matplotlib
+    from llgbm_jax.utils.figures import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     import numpy as np
 
     runs = {}
@@ -81,8 +80,4 @@ def plot_loss_curves(zoo_dir: str, manifest, path: str) -> str:
     ax.set_yscale("log")
     ax.legend()
     ax.set_title(f"teacher LoRA training: {manifest.get('model', '')}")
-    fig.tight_layout()
-    with atomic_file(path, ".png") as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120)

@@ -36,10 +36,18 @@ class ZooConfig:
     eval_overrides: tuple[tuple[str, int], ...] = ()  # per-task held-out question counts
     exact_match: bool = True  # the task family: also greedy generation judged by exact match
     seed: int = 0
+    # Every task's run k starts from the same LoRA initialisation. With independent random A (the default) a
+    # teacher's ΔW = B A lies in its own random row space, so related tasks' ΔW are nearly orthogonal.
+    shared_init: bool = False
     data_parallel_devices: int | None = None  # each teacher's batch split over a mesh (None: `data_devices`)
 
     def teacher_for(self, task: str) -> TeacherConfig:
         return dataclasses.replace(self.teacher, **dict(dict(self.task_overrides).get(task, ())))
+
+    def run_seeds(self, task: str, num_runs: int) -> list[int]:
+        """The seed of each run of ``task`` (its LoRA initialisation and batch order)."""
+        offset = 0 if self.shared_init else zlib.crc32(task.encode()) % 997
+        return [self.seed + 1000 * run + offset for run in range(num_runs)]
 
     def eval_samples_for(self, task) -> int:
         """Held-out questions scored for ``task`` (a `Task`): its entry in ``eval_overrides``, else
@@ -51,6 +59,8 @@ class ZooConfig:
         """As JSON holds it (the manifest's ``config``), without the mesh (it does not change the adapters)."""
         d = dataclasses.asdict(self)
         del d["data_parallel_devices"]
+        if not self.shared_init:  # zoos built before the option read as built without it
+            del d["shared_init"]
         return json_roundtrip(d)
 
     def with_data(self, data_dir: str | None = None) -> tuple["ZooConfig", list[str]]:
@@ -105,6 +115,8 @@ PRESETS = {
                               max_seq_len=512, remat=True),  # "dots" would keep ~10 GB of activations here
     ),
 }
+# The family with one LoRA initialisation for every task (`ZooConfig.shared_init`), to compare with "family".
+PRESETS["family_shared"] = dataclasses.replace(PRESETS["family"], shared_init=True)
 
 
 def build_zoo(zoo_dir: str, cfg: ZooConfig, *, base_model=None, data_dir: str | None = None,
@@ -180,7 +192,7 @@ def build_zoo(zoo_dir: str, cfg: ZooConfig, *, base_model=None, data_dir: str | 
         task, tcfg = get_task(task_name, data_dir), cfg.teacher_for(task_name)
         train = task.load("train", data_dir)
         chunks = chunk_records(train, cfg.runs_per_task, cfg.seed)
-        seeds = [cfg.seed + 1000 * run + zlib.crc32(task_name.encode()) % 997 for run in range(len(chunks))]
+        seeds = cfg.run_seeds(task_name, len(chunks))
         for run, (chunk, seed) in enumerate(zip(chunks, seeds)):
             changes = start_record_changes(os.path.join(zoo_dir, task_name, f"run{run}"),
                                            start_record(base_model, task, chunk, tcfg, seed))
