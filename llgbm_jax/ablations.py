@@ -60,6 +60,7 @@ class UnseenConfig:
     num_prompts: int = 8  # example prompts per condition (training and held-out)
     description_share: float = 0.25  # of training conditions: one description of the task alone
     eval_samples: int = 24  # test questions per held-out task
+    seen_tasks: int = 6  # seen tasks (spread over them) on which the generator's fit is scored too
     exact_match: bool = True
     multitask_steps: int | None = None  # None: the seen teachers' steps summed (their total budget)
     generator_hidden: int = 512

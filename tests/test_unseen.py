@@ -138,6 +138,9 @@ def test_study_scores_every_variant_on_every_heldout_task(study):
     diffs = [np.mean(result["hits"][t]["generated"]["cloze"], axis=0) - np.asarray(result["hits"][t]["base"]["cloze"])
              for t in split.heldout]
     assert pooled["gain_over_base"]["generated"]["gain"] == pytest.approx(float(np.mean(np.concatenate(diffs))))
+    seen = result["seen"]  # the generator's fit on its training tasks (held-out prompts), cloze
+    assert seen["tasks"] == list(split.seen) and seen["generated"]["n"] == seen["teacher"]["n"] == 3 * len(split.seen)
+    assert all(len(h["generated"]) == 2 and len(h["base"]) == len(h["teacher"]) == 3 for h in seen["hits"].values())
     for seed, c in result["collapse"].items():
         assert len(c["cosine_to_mean_teachers"]) == len(split.heldout)
         assert len(c["cosine_to_oracle"]) == len(split.heldout) and c["oracle_spread"] >= 0

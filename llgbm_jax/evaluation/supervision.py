@@ -34,13 +34,6 @@ METRICS = ("final_loss", "delta_w_cosine", "delta_w_relative_error", "delta_cos_
            "unseen_minus_mean_teachers", "unseen_minus_multitask")
 
 
-def evenly(items: list, k: int) -> list:
-    """``k`` items spread evenly over ``items`` (all of them if ``k`` is at least their number)."""
-    if k >= len(items):
-        return list(items)
-    return [items[round(i * (len(items) - 1) / max(k - 1, 1))] for i in range(k)]
-
-
 def pooled_gain(new: dict[str, list], base: dict[str, list]) -> float:
     return float(np.mean(np.concatenate([np.asarray(new[t], float) - np.asarray(base[t], float) for t in new])))
 
@@ -59,7 +52,7 @@ def measure(study, gen, comp, state, seed: int, seen_tasks: list[str]) -> dict[s
     own_other = [own_other_cosine(d, a.task, comp.teacher_deltas, tasks_of)
                  for d, a in zip(deltas, comp.eval_dataset.adapters)]
     n = study.config.eval_samples
-    cloze = lambda t, lora: study.score(t, lora)["cloze"]
+    cloze = study.cloze
     seen = {"base": {}, "teacher": {}, "generated": {}}
     for t in seen_tasks:
         prompts = comp.dataset.splits.heldout_prompts[t][:study.config.num_prompts]
@@ -210,7 +203,7 @@ def format_rows(rows: list[dict]) -> str:
 
 def run(ablation, *, base_model=None, show_progress: bool = True) -> dict[str, Any]:
     """Every trial of ``ablation`` (an `llgbm_jax.ablations.AblationConfig`), the summary, the gauge test."""
-    from llgbm_jax.evaluation.unseen import prepare
+    from llgbm_jax.evaluation.unseen import evenly, prepare
 
     t0 = time.perf_counter()
     os.makedirs(ablation.run_dir, exist_ok=True)

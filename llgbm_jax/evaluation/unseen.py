@@ -41,6 +41,13 @@ SCORES = ("cloze", "exact_match")
 
 # --- set-up -------------------------------------------------------------------------------------------------
 
+def evenly(items: list, k: int) -> list:
+    """``k`` items spread evenly over ``items`` (all of them if ``k`` is at least their number)."""
+    if k >= len(items):
+        return list(items)
+    return [items[round(i * (len(items) - 1) / max(k - 1, 1))] for i in range(k)]
+
+
 def study_tasks(config: UnseenConfig) -> tuple[str, ...]:
     """The family tasks in the study: ``tasks``, else those of ``kinds``, else all."""
     from llgbm_jax.tasks.family import KINDS, family_task_names
@@ -259,6 +266,18 @@ def summarize(hits: dict, split, scores=SCORES) -> dict[str, Any]:
     return out
 
 
+def summarize_seen(seen_hits: dict) -> dict[str, Any]:
+    """Teacher's and generated adapter's (seed-averaged) cloze gain over base pooled over the checked seen tasks,
+    and the share of the teachers' gain recovered."""
+    if not seen_hits:
+        return {}
+    base = {t: np.asarray(h["base"], np.float64) for t, h in seen_hits.items()}
+    gain = lambda new: pooled([np.asarray(new(h), np.float64) - base[t] for t, h in seen_hits.items()])
+    teacher, generated = gain(lambda h: h["teacher"]), gain(lambda h: np.mean(h["generated"], axis=0))
+    return {"tasks": list(seen_hits), "teacher": teacher, "generated": generated, "hits": seen_hits,
+            "recovered": generated["gain"] / teacher["gain"] if teacher["gain"] > 0 else None}
+
+
 def format_results(summary: dict) -> str:
     lines, scored = [], next(iter(summary["groups"].values()))  # every group has the same scores
     for s in (s for s in SCORES if s in scored):
@@ -328,6 +347,9 @@ class Study:
 
     def score(self, task: str, lora, n: int | None = None) -> dict[str, list[bool]]:
         return score(self.base_model, task, lora, n or self.config.eval_samples, self.config.exact_match, self.cache)
+
+    def cloze(self, task: str, lora) -> list[bool]:
+        return score(self.base_model, task, lora, self.config.eval_samples, False, self.cache)["cloze"]
 
     def fixed(self, task: str, nearest: str | None = None) -> dict[str, Any]:
         """The baselines that do not depend on a generator, for a held-out ``task``."""
@@ -435,6 +457,8 @@ def run(config: UnseenConfig = UnseenConfig(), *, base_model=None, show_progress
     """The whole study (module docstring); returns what it writes to ``results.json``."""
     from tqdm.auto import tqdm
 
+    from llgbm_jax.generator.model import generate_lora
+
     t0 = time.perf_counter()
     os.makedirs(config.run_dir, exist_ok=True)
     write_json_atomic(os.path.join(config.run_dir, "config.json"), config.to_dict())
@@ -444,6 +468,8 @@ def run(config: UnseenConfig = UnseenConfig(), *, base_model=None, show_progress
     print("teachers' ΔW cosine (mean): " + ", ".join(f"{k} {v['mean']:.3f} (n {v['n']})" for k, v in cosines.items()),
           flush=True)
     hits: dict[str, dict] = {h: {v: {} for v in VARIANTS} for h in study.heldout}
+    checks = evenly(study.seen, config.seen_tasks)
+    seen_hits: dict[str, dict] = {t: {"generated": []} for t in checks}
     nearest, collapse, training = {}, {}, {}
     for k, seed in enumerate(config.seeds):
         t = time.perf_counter()
@@ -464,14 +490,26 @@ def run(config: UnseenConfig = UnseenConfig(), *, base_model=None, show_progress
             for v, lora in adapters[h].items():
                 for s, x in study.score(h, lora).items():
                     hits[h][v].setdefault(s, []).append(x)
+        for task in checks:  # does the generator fit its training tasks? (held-out prompts and questions, cloze)
+            if k == 0:
+                seen_hits[task].update(base=study.cloze(task, study.zero),
+                                       teacher=study.cloze(task, study.seen_teachers[task]))
+            prompts = comp.dataset.splits.heldout_prompts[task][:config.num_prompts]
+            seen_hits[task]["generated"].append(study.cloze(task, generate_lora(gen, prompts, comp.text_encoder)))
         seconds[f"scoring_seed{seed}"] = time.perf_counter() - t
 
     summary = summarize(hits, study.split)
-    results = {"config": config.to_dict(), "split": study.split.to_dict(), "multitask_steps": study.multitask_steps,
+    seen = summarize_seen(seen_hits)
+    results = {"seen": seen, "config": config.to_dict(), "split": study.split.to_dict(), "multitask_steps": study.multitask_steps,
                "nearest_teacher": nearest, "teacher_cosines": cosines, "training": training, "collapse": collapse, "summary": summary,
                "hits": hits, "seconds": {**seconds, "total": time.perf_counter() - t0}}
     write_json_atomic(os.path.join(config.run_dir, "results.json"), results)
     print(format_results(summary))
+    if seen:
+        print(f"seen tasks ({len(checks)}, held-out prompts and questions, cloze, n {seen['teacher']['n']}): gain over base "
+              f"teacher {seen['teacher']['gain']:+.3f} ± {seen['teacher']['se']:.3f}, generated "
+              f"{seen['generated']['gain']:+.3f} ± {seen['generated']['se']:.3f}"
+              + ("" if seen["recovered"] is None else f", recovered {100 * seen['recovered']:.0f}%"))
     print("collapse check (ΔW spread across held-out tasks, generated vs oracle; mean cosine of the generated ΔW to "
           "the mean teacher and to the oracle; the mean teacher's to the oracle): " +
           "; ".join(f"seed {s}: {c['generated_spread']:.3f} vs {c['oracle_spread']:.3f}, "
