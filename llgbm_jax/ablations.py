@@ -102,7 +102,7 @@ class AblationConfig:
     budget_seconds: float = 600.0  # training time of the same-budget comparison, per generator
     seen_tasks: int = 12  # seen tasks whose accuracy is measured (spread over the seen list)
     gauge_test: bool = True
-    study: UnseenConfig = dataclasses.field(default_factory=UnseenConfig)  #: the zoo, split and baselines
+    study: UnseenConfig = dataclasses.field(default_factory=UnseenConfig)  # the zoo, split and baselines
 
     ABLATION_FIELDS = ("tasks", "run_dir", "modes", "seeds", "steps", "budget_seconds", "seen_tasks", "gauge_test",
                        "study")

@@ -146,7 +146,8 @@ def run_unseen(args):
     from llgbm_jax.evaluation.unseen import UnseenConfig, run
 
     offline_unless_hub(None)
-    cfg = UnseenConfig(run_dir=args.run_dir, zoo_dir=args.zoo_dir, zoo_preset=args.zoo_preset, kinds=tuple(args.kinds) if args.kinds else None,
+    cfg = UnseenConfig(run_dir=args.run_dir, zoo_dir=args.zoo_dir, zoo_preset=args.zoo_preset,
+                       kinds=tuple(args.kinds) if args.kinds else None,
                        tasks=tuple(args.tasks) if args.tasks else None,
                        held_out_kinds=tuple(args.held_out_kinds), seeds=tuple(args.seeds), steps=args.steps,
                        eval_samples=args.eval_samples, multitask_steps=args.multitask_steps,

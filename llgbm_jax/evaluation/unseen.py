@@ -500,14 +500,15 @@ def run(config: UnseenConfig = UnseenConfig(), *, base_model=None, show_progress
 
     summary = summarize(hits, study.split)
     seen = summarize_seen(seen_hits)
-    results = {"seen": seen, "config": config.to_dict(), "split": study.split.to_dict(), "multitask_steps": study.multitask_steps,
-               "nearest_teacher": nearest, "teacher_cosines": cosines, "training": training, "collapse": collapse, "summary": summary,
+    results = {"config": config.to_dict(), "split": study.split.to_dict(), "multitask_steps": study.multitask_steps,
+               "nearest_teacher": nearest, "teacher_cosines": cosines, "training": training, "collapse": collapse,
+               "summary": summary, "seen": seen,
                "hits": hits, "seconds": {**seconds, "total": time.perf_counter() - t0}}
     write_json_atomic(os.path.join(config.run_dir, "results.json"), results)
     print(format_results(summary))
     if seen:
-        print(f"seen tasks ({len(checks)}, held-out prompts and questions, cloze, n {seen['teacher']['n']}): gain over base "
-              f"teacher {seen['teacher']['gain']:+.3f} ± {seen['teacher']['se']:.3f}, generated "
+        print(f"seen tasks ({len(checks)}, held-out prompts and questions, cloze, n {seen['teacher']['n']}): gain "
+              f"over base: teacher {seen['teacher']['gain']:+.3f} ± {seen['teacher']['se']:.3f}, generated "
               f"{seen['generated']['gain']:+.3f} ± {seen['generated']['se']:.3f}"
               + ("" if seen["recovered"] is None else f", recovered {100 * seen['recovered']:.0f}%"))
     print("collapse check (ΔW spread across held-out tasks, generated vs oracle; mean cosine of the generated ΔW to "
