@@ -35,14 +35,15 @@ METRICS = ("final_loss", "delta_w_cosine", "delta_w_relative_error", "delta_cos_
 
 
 def pooled_gain(new: dict[str, list], base: dict[str, list]) -> float:
-    return float(np.mean(np.concatenate([np.asarray(new[t], float) - np.asarray(base[t], float) for t in new])))
+    from llgbm_jax.evaluation.unseen import pooled
+
+    return pooled([np.asarray(new[t], float) - np.asarray(base[t], float) for t in new])["gain"]
 
 
 def measure(study, gen, comp, state, seed: int, seen_tasks: list[str]) -> dict[str, Any]:
     """The trial's metrics and per-question cloze hits (see the module docstring)."""
     from llgbm_jax.evaluation.comparison import own_other_cosine
-    from llgbm_jax.evaluation.unseen import heldout_adapters
-    from llgbm_jax.generator.model import generate_lora
+    from llgbm_jax.evaluation.unseen import heldout_adapters, seen_generated_hits
     from llgbm_jax.generator.training import evaluate
 
     cfg = comp.config
@@ -53,11 +54,9 @@ def measure(study, gen, comp, state, seed: int, seen_tasks: list[str]) -> dict[s
                  for d, a in zip(deltas, comp.eval_dataset.adapters)]
     n = study.config.eval_samples
     cloze = study.cloze
-    seen = {"base": {}, "teacher": {}, "generated": {}}
-    for t in seen_tasks:
-        prompts = comp.dataset.splits.heldout_prompts[t][:study.config.num_prompts]
-        seen["base"][t], seen["teacher"][t] = cloze(t, study.zero), cloze(t, study.seen_teachers[t])
-        seen["generated"][t] = cloze(t, generate_lora(gen, prompts, comp.text_encoder))
+    seen = {"base": {t: cloze(t, study.zero) for t in seen_tasks},
+            "teacher": {t: cloze(t, study.seen_teachers[t]) for t in seen_tasks},
+            "generated": seen_generated_hits(study, gen, comp, seen_tasks)}
     unseen = {v: {} for v in ("base", "oracle", "mean_teachers", "multitask", "generated", "random_text")}
     adapters = heldout_adapters(study, gen, comp.text_encoder, seed)
     for h in study.heldout:

@@ -16,7 +16,9 @@ cloze and by exact match, for:
 
 Every number is a paired comparison on the same questions (gain ± SE); groups pool their tasks' questions and the
 seeds. The collapse check compares the spread of the generated ΔW across held-out tasks with the oracles' and
-gives each generated ΔW's cosine to the mean of the training teachers. Everything is resumable: the zoo, the
+gives each generated ΔW's cosine to its oracle and to the mean of the training teachers; the seen check scores the
+generator on a few seen tasks (held-out prompts) beside their teachers; the teachers' ΔW cosines (neighbouring
+tasks, one kind, different kinds) show how related tasks sit in weight space. Everything is resumable: the zoo, the
 multi-task LoRA and the generators resume, scores are cached by adapter content. Writes ``split.json``,
 ``results.json`` and ``unseen.png`` to ``run_dir``.
 """
@@ -24,6 +26,7 @@ multi-task LoRA and the generators resume, scores are cached by adapter content.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import time
 from typing import Any
@@ -166,19 +169,22 @@ def delta_w_gram(loras) -> np.ndarray:
     return gram
 
 
+def cosines(gram: np.ndarray) -> np.ndarray:
+    """The cosine matrix of a Gram matrix."""
+    norm = np.sqrt(np.maximum(np.diag(gram), 1e-60))
+    return gram / np.outer(norm, norm)
+
+
 def teacher_cosines(teachers: dict[str, Any]) -> dict[str, dict]:
     """Mean ΔW cosine between family teachers (name -> LoRA): neighbours (tasks next to each other in their kind's
     order among those given, such as add 3 and add 4), any two of one kind, and two of different kinds."""
     from llgbm_jax.tasks.family import family_task_names, kind_of
 
     names = list(teachers)
-    g = delta_w_gram([teachers[n] for n in names])
-    norm = np.sqrt(np.maximum(np.diag(g), 1e-60))
-    cos, index = g / np.outer(norm, norm), {n: i for i, n in enumerate(names)}
+    cos, index = cosines(delta_w_gram([teachers[n] for n in names])), {n: i for i, n in enumerate(names)}
     pairs = {"neighbours": [], "same_kind": [], "other_kind": []}
-    for i, a in enumerate(names):
-        for b in names[i + 1:]:
-            pairs["same_kind" if kind_of(a) == kind_of(b) else "other_kind"].append(cos[i, index[b]])
+    for i, j in itertools.combinations(range(len(names)), 2):
+        pairs["same_kind" if kind_of(names[i]) == kind_of(names[j]) else "other_kind"].append(cos[i, j])
     for kind in sorted({kind_of(n) for n in names}):
         order = [n for n in family_task_names(kind) if n in index]
         pairs["neighbours"] += [cos[index[a], index[b]] for a, b in zip(order, order[1:])]
@@ -196,8 +202,7 @@ def collapse_check(generated, oracles, mean_teachers) -> dict[str, Any]:
 
     k = len(generated)
     g = delta_w_gram(list(generated) + list(oracles) + [mean_teachers])
-    norm = np.sqrt(np.maximum(np.diag(g), 1e-60))
-    cos = g / np.outer(norm, norm)
+    cos = cosines(g)
     to_mean, to_oracle, mean_to_oracle = cos[:k, 2 * k], np.diag(cos[:k, k:2 * k]), cos[k:2 * k, 2 * k]
     return {"generated_spread": spread(g[:k, :k]), "oracle_spread": spread(g[k:2 * k, k:2 * k]),
             "cosine_to_mean_teachers": to_mean.tolist(), "mean_cosine_to_mean_teachers": float(to_mean.mean()),
@@ -440,6 +445,15 @@ def heldout_adapters(study: Study, generator, text_encoder, seed: int, salt: int
                 "other_heldout": generated[other[h]]} for h in study.heldout}
 
 
+def seen_generated_hits(study: Study, generator, comp, tasks: list[str]) -> dict[str, list[bool]]:
+    """Per seen task, the cloze hits of the generator's adapter from the task's held-out prompts (its fit on the
+    tasks it was trained on)."""
+    from llgbm_jax.generator.model import generate_lora
+
+    prompts = lambda t: comp.dataset.splits.heldout_prompts[t][:study.config.num_prompts]
+    return {t: study.cloze(t, generate_lora(generator, prompts(t), comp.text_encoder)) for t in tasks}
+
+
 def nearest_teachers(study: Study, text_encoder) -> dict[str, str]:
     """Per held-out task, the seen task whose examples' mean embedding is closest (cosine) to its examples'."""
     n = study.config.num_prompts
@@ -456,8 +470,6 @@ def nearest_teachers(study: Study, text_encoder) -> dict[str, str]:
 def run(config: UnseenConfig = UnseenConfig(), *, base_model=None, show_progress: bool = True) -> dict[str, Any]:
     """The whole study (module docstring); returns what it writes to ``results.json``."""
     from tqdm.auto import tqdm
-
-    from llgbm_jax.generator.model import generate_lora
 
     t0 = time.perf_counter()
     os.makedirs(config.run_dir, exist_ok=True)
@@ -490,12 +502,11 @@ def run(config: UnseenConfig = UnseenConfig(), *, base_model=None, show_progress
             for v, lora in adapters[h].items():
                 for s, x in study.score(h, lora).items():
                     hits[h][v].setdefault(s, []).append(x)
-        for task in checks:  # does the generator fit its training tasks? (held-out prompts and questions, cloze)
+        for task, x in seen_generated_hits(study, gen, comp, checks).items():  # does it fit its training tasks?
             if k == 0:
                 seen_hits[task].update(base=study.cloze(task, study.zero),
                                        teacher=study.cloze(task, study.seen_teachers[task]))
-            prompts = comp.dataset.splits.heldout_prompts[task][:config.num_prompts]
-            seen_hits[task]["generated"].append(study.cloze(task, generate_lora(gen, prompts, comp.text_encoder)))
+            seen_hits[task]["generated"].append(x)
         seconds[f"scoring_seed{seed}"] = time.perf_counter() - t
 
     summary = summarize(hits, study.split)
