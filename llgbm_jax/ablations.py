@@ -99,7 +99,8 @@ class AblationConfig:
     modes: tuple[str, ...] = tuple(MODES)
     seeds: tuple[int, ...] = (0, 1, 2)
     steps: int = 400  # generator steps of the same-steps comparison
-    budget_seconds: float = 600.0  # training time of the same-budget comparison, per generator
+    budget_seconds: float | None = None  # training time per generator of the same-budget comparison (None:
+    # what delta_w's `steps` steps took)
     seen_tasks: int = 12  # seen tasks whose accuracy is measured (spread over the seen list)
     gauge_test: bool = True
     study: UnseenConfig = dataclasses.field(default_factory=UnseenConfig)  # the zoo, split and baselines

@@ -214,14 +214,14 @@ def ablation(study, tmp_path_factory):
 
     tiny, cfg, _, _ = study
     abl = AblationConfig(run_dir=str(tmp_path_factory.mktemp("ablations")), modes=("weight_only", "delta_w"),
-                         seeds=(0,), steps=3, budget_seconds=0.5, seen_tasks=1, study=cfg)
+                         seeds=(0,), steps=3, seen_tasks=1, study=cfg)
     return tiny, abl, supervision.run(abl, base_model=tiny, show_progress=False)
 
 
 def test_ablation_writes_every_mode_comparison_and_metric(ablation):
     import csv
 
-    from llgbm_jax.evaluation.supervision import METRICS
+    from llgbm_jax.evaluation.supervision import METRICS, budget_steps
 
     tiny, abl, result = ablation
     rows = result["summary"]
@@ -230,9 +230,12 @@ def test_ablation_writes_every_mode_comparison_and_metric(ablation):
         + [("gauge", "delta_w"), ("gauge", "weight_only")])
     for r in rows:
         assert r["seeds"] == 1 and np.isfinite(r["final_loss"]) and -1 <= r["delta_w_cosine"] <= 1
-        if r["comparison"] == "budget":  # the budget over the mode's own measured time per step
+        if r["comparison"] == "budget":  # delta_w's training time over the mode's own measured time per step
             per_step = next(x["seconds_per_step"] for x in rows if (x["comparison"], x["mode"]) == ("steps", r["mode"]))
-            assert r["steps"] == max(1, int(abl.budget_seconds / per_step))
+            budget = next(t["train_seconds"] for t in result["trials"] if (t["comparison"], t["mode"]) == ("steps", "delta_w"))
+            assert r["steps"] == budget_steps(result["trials"], abl, r["mode"]) == max(1, int(budget / per_step + 1e-6))
+            if r["mode"] == "delta_w":  # its own budget: the steps trial itself, not trained again
+                assert r["steps"] == abl.steps
         else:
             assert r["steps"] == abl.steps
     with open(os.path.join(abl.run_dir, "summary.csv")) as f:
@@ -247,6 +250,13 @@ def test_ablation_writes_every_mode_comparison_and_metric(ablation):
     for t in trials:
         assert all(len(h) == abl.study.eval_samples for h in t["unseen_hits"]["generated"].values())
     assert set(result["versus_delta_w"]["steps"]) == {"weight_only"}
+    split = FamilySplit.from_dict(json.load(open(os.path.join(abl.study.run_dir, "split.json"))))
+    versus = result["versus_delta_w"]["steps"]["weight_only"]
+    assert versus["unseen"]["n"] == sum(versus[f"unseen_{g}"]["n"] for g in ("inside", "outside", "kind")
+                                        if getattr(split, g))
+    for t in trials:  # per-group gains pool the group's questions
+        for g in ("inside", "outside", "kind"):
+            assert (t["metrics"][f"unseen_{g}_gain"] is None) == (not getattr(split, g))
 
 
 def test_gauge_transformed_zoo_gives_delta_w_the_same_generator_and_weight_only_another(ablation):

@@ -169,7 +169,7 @@ def add_ablations(ap):
     ap.add_argument("--seeds", nargs="+", type=int, default=list(d.seeds))
     ap.add_argument("--steps", type=int, default=d.steps, help="generator steps (same-steps comparison)")
     ap.add_argument("--budget-seconds", type=float, default=d.budget_seconds,
-                    help="training time per generator (same-budget comparison)")
+                    help="training time per generator (same-budget comparison; default: delta_w's time for --steps)")
     ap.add_argument("--seen-tasks", type=int, default=d.seen_tasks, help="seen tasks whose accuracy is measured")
     ap.add_argument("--eval-samples", type=int, default=d.study.eval_samples, help="test questions per task")
     ap.add_argument("--no-gauge-test", action="store_true")

@@ -3,8 +3,9 @@
 On the unseen-tasks study's zoo and split (`llgbm_jax.evaluation.unseen`), a generator is trained on the seen
 tasks under each supervision mode of `llgbm_jax.ablations.MODES` (raw factors, ΔW, behaviour, both, end to end,
 end to end + ΔW), per seed, twice: at the same number of steps (``steps``) and at the same wall-clock budget
-(``budget_seconds``, from each mode's measured time per step). Each trial records its final loss, ΔW cosine and
-relative error to the seen tasks' held-out teachers, the behavioural delta cosine to its own task's teachers
+(``budget_seconds``, by default the time ``delta_w`` took for ``steps`` steps; each mode gets as many steps as
+its own measured time per step allows, and a budget trial with the steps trial's step count is that trial).
+Each trial records its final loss, ΔW cosine and relative error to the seen tasks' held-out teachers, the behavioural delta cosine to its own task's teachers
 and to the others', and accuracy on seen tasks (generated from held-out prompts, beside base and the task's
 teacher) and on the held-out tasks (generated from examples and from random text, beside base, the oracle, the
 mean of the training teachers and the multi-task LoRA), with paired standard errors.
@@ -31,7 +32,8 @@ from llgbm_jax.utils.io import atomic_file, read_json, write_json_atomic
 GAUGE_MODES = ("delta_w", "weight_only")
 METRICS = ("final_loss", "delta_w_cosine", "delta_w_relative_error", "delta_cos_own", "delta_cos_other",
            "seen_gain", "seen_recovered", "unseen_gain", "unseen_recovered", "unseen_random_text_gain",
-           "unseen_minus_mean_teachers", "unseen_minus_multitask")
+           "unseen_minus_mean_teachers", "unseen_minus_multitask", "unseen_inside_gain", "unseen_outside_gain",
+           "unseen_kind_gain")
 
 
 def pooled_gain(new: dict[str, list], base: dict[str, list]) -> float:
@@ -109,6 +111,32 @@ def run_trial(study, ablation, comparison: str, mode: str, seed: int, steps: int
     return trial
 
 
+def group_gains(trial: dict, split) -> dict[str, float]:
+    """The generated adapter's cloze gain over base pooled per held-out group (inside and outside the seen range,
+    whole kinds), from the trial's per-question hits."""
+    from llgbm_jax.tasks.family_splits import GROUPS
+
+    hits = trial["unseen_hits"]
+    out = {}
+    for g in GROUPS:
+        tasks = [t for t in hits["generated"] if split.group(t) == g]
+        out[f"unseen_{g}_gain"] = pooled_gain({t: hits["generated"][t] for t in tasks}, hits["base"]) if tasks else None
+    return out
+
+
+def budget_steps(trials: list[dict], ablation, mode: str) -> int:
+    """The same-budget comparison's steps for ``mode``: ``ablation.budget_seconds`` (default: the time
+    ``delta_w``'s steps trials took) over ``mode``'s own measured time per step."""
+    steps_trials = lambda m: [t for t in trials if t["mode"] == m and t["comparison"] == "steps"]
+    budget = ablation.budget_seconds
+    if budget is None:
+        if not steps_trials("delta_w"):
+            raise ValueError("budget_seconds=None takes the budget from delta_w's trials: add delta_w to the modes "
+                             "or set budget_seconds")
+        budget = np.mean([t["train_seconds"] for t in steps_trials("delta_w")])
+    return max(1, int(budget / np.mean([t["seconds_per_step"] for t in steps_trials(mode)]) + 1e-6))
+
+
 def summary_rows(trials: list[dict]) -> list[dict]:
     """Per (comparison, mode): steps and every metric's mean and standard deviation over seeds."""
     rows = []
@@ -125,21 +153,27 @@ def summary_rows(trials: list[dict]) -> list[dict]:
     return rows
 
 
-def versus_delta_w(trials: list[dict], comparison: str) -> dict[str, dict]:
-    """Each mode's unseen and seen cloze hits minus ``delta_w``'s on the same questions and seeds (paired, pooled)."""
+def versus_delta_w(trials: list[dict], comparison: str, split) -> dict[str, dict]:
+    """Each mode's cloze hits minus ``delta_w``'s on the same questions and seeds (paired, pooled): on the seen
+    tasks, on all held-out tasks and per held-out group."""
     from llgbm_jax.evaluation.unseen import pooled
+    from llgbm_jax.tasks.family_splits import GROUPS
 
     by = {(t["mode"], t["seed"]): t for t in trials if t["comparison"] == comparison}
+    parts = {"seen": ("seen_hits", None), "unseen": ("unseen_hits", None),
+             **{f"unseen_{g}": ("unseen_hits", g) for g in GROUPS}}
     out = {}
     for mode in dict.fromkeys(m for m, _ in by):
         seeds = [s for m, s in by if m == mode and ("delta_w", s) in by]
         if mode == "delta_w" or not seeds:
             continue
         out[mode] = {}
-        for part in ("seen_hits", "unseen_hits"):
-            diffs = [np.asarray(by[mode, s][part]["generated"][t], float) - np.asarray(by["delta_w", s][part]["generated"][t], float)
-                     for s in seeds for t in by[mode, s][part]["generated"]]
-            out[mode][part.replace("_hits", "")] = pooled(diffs)
+        for name, (part, group) in parts.items():
+            hits = lambda m, s: by[m, s][part]["generated"]
+            diffs = [np.asarray(hits(mode, s)[t], float) - np.asarray(hits("delta_w", s)[t], float)
+                     for s in seeds for t in hits(mode, s) if group is None or split.group(t) == group]
+            if diffs:
+                out[mode][name] = pooled(diffs)
     return out
 
 
@@ -189,12 +223,13 @@ def plot_ablations(rows: list[dict], path: str) -> str:
 def format_rows(rows: list[dict]) -> str:
     f = lambda v: "-" if v is None else f"{v:.3f}"
     lines = [f"{'comparison':<10} {'mode':<12} {'steps':>5} {'s/step':>6} {'loss':>8} {'ΔW cos':>7} {'δ own':>6} "
-             f"{'δ other':>7} {'seen gain':>15} {'unseen gain':>15} {'random text':>11} {'- mean':>7} {'- multi':>7}"]
+             f"{'δ other':>7} {'seen gain':>15} {'unseen gain':>15} {'inside':>7} {'random text':>11} {'- mean':>7} "
+             f"{'- multi':>7}"]
     for r in rows:
         pm = lambda m: f"{f(r[m])} ± {f(r[m + '_std'])}"
         lines.append(f"{r['comparison']:<10} {r['mode']:<12} {r['steps']:>5} {r['seconds_per_step']:>6.2f} "
                      f"{r['final_loss']:>8.4g} {f(r['delta_w_cosine']):>7} {f(r['delta_cos_own']):>6} "
-                     f"{f(r['delta_cos_other']):>7} {pm('seen_gain'):>15} {pm('unseen_gain'):>15} "
+                     f"{f(r['delta_cos_other']):>7} {pm('seen_gain'):>15} {pm('unseen_gain'):>15} {f(r['unseen_inside_gain']):>7} "
                      f"{f(r['unseen_random_text_gain']):>11} {f(r['unseen_minus_mean_teachers']):>7} "
                      f"{f(r['unseen_minus_multitask']):>7}")
     return "\n".join(lines)
@@ -211,23 +246,27 @@ def run(ablation, *, base_model=None, show_progress: bool = True) -> dict[str, A
     trial = lambda comparison, mode, seed, steps, gauge=False: run_trial(
         study, ablation, comparison, mode, seed, steps, seen_tasks, show_progress=show_progress, gauge=gauge)
     trials = [trial("steps", m, s, ablation.steps) for m in ablation.modes for s in ablation.seeds]
+    by_steps = {(t["mode"], t["seed"]): t for t in trials}
     for m in ablation.modes:  # the same wall-clock budget: each mode's own time per step, as measured above
-        per_step = np.mean([t["seconds_per_step"] for t in trials if t["mode"] == m and t["comparison"] == "steps"])
-        trials += [trial("budget", m, s, max(1, int(ablation.budget_seconds / per_step))) for s in ablation.seeds]
+        n = budget_steps(trials, ablation, m)
+        trials += [{**by_steps[m, s], "comparison": "budget"} if n == ablation.steps else trial("budget", m, s, n)
+                   for s in ablation.seeds]
     if ablation.gauge_test:
         trials += [trial("gauge", m, ablation.seeds[0], ablation.steps, gauge=True) for m in GAUGE_MODES
                    if m in ablation.modes]
+    for t in trials:
+        t["metrics"].update(group_gains(t, study.split))
     rows = summary_rows(trials)
     results = {"config": ablation.to_dict(), "seen_tasks": seen_tasks, "heldout_tasks": study.heldout,
-               "summary": rows, "versus_delta_w": {c: versus_delta_w(trials, c) for c in ("steps", "budget")},
+               "summary": rows, "versus_delta_w": {c: versus_delta_w(trials, c, study.split) for c in ("steps", "budget")},
                "gauge": gauge_report(trials), "trials": trials, "seconds": time.perf_counter() - t0}
     write_json_atomic(os.path.join(ablation.run_dir, "results.json"), results)
     write_summary_csv(rows, os.path.join(ablation.run_dir, "summary.csv"))
     print(format_rows(rows))
     for c, modes in results["versus_delta_w"].items():
         print(f"{c}: minus delta_w, cloze, paired and pooled over seeds: " + "; ".join(
-            f"{m} seen {v['seen']['gain']:+.3f} ± {v['seen']['se']:.3f}, unseen {v['unseen']['gain']:+.3f} ± "
-            f"{v['unseen']['se']:.3f}" for m, v in modes.items()))
+            f"{m} " + ", ".join(f"{p} {v[p]['gain']:+.3f} ± {v[p]['se']:.3f}" for p in ("seen", "unseen", "unseen_inside")
+                                if p in v) for m, v in modes.items()))
     for m, g in results["gauge"].items():
         print(f"gauge test, {m}: loss curve differs by at most {g['max_relative_loss_difference']:.2e} (relative); "
               f"unseen gain {g['unseen_gain_original']:+.3f} -> {g['unseen_gain']:+.3f}, seen gain "
