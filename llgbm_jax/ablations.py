@@ -209,7 +209,8 @@ def setup_base_components(ablation_config: AblationConfig | None, training_confi
             raise ValueError(f"{config.zoo_dir}: the zoo has no teachers of tasks {missing}")
         adapters = [a for a in adapters if a.task in set(tasks)]
     splits = make_splits(adapters, config.heldout_prompt_fraction, config.seed)
-    used = [a for split in ("train", "eval") for a in split_adapters(adapters, splits, split, config.teacher_checkpoints)]
+    used = [a for split in ("train", "eval")
+            for a in split_adapters(adapters, splits, split, config.teacher_checkpoints)]
     deltas = DeltaCache(config.delta_cache_dir).get_many(base_model, probes, [a.path for a in used],
                                                          show_progress=show_progress,
                                                          delta_batch_probes=config.delta_batch_probes)
@@ -221,7 +222,8 @@ def setup_base_components(ablation_config: AblationConfig | None, training_confi
     datasets = [RealAdapterDataset(config.zoo_dir, base_model.config, split=split, splits=splits,
                                    num_prompts_per_adapter=config.num_prompts_per_adapter, seed=config.seed,
                                    checkpoints=config.teacher_checkpoints,
-                                   teacher_deltas=teacher_deltas, tasks=tasks, description_share=config.description_share,
+                                   teacher_deltas=teacher_deltas, tasks=tasks,
+                                   description_share=config.description_share,
                                    descriptions=task_descriptions(sorted({a.task for a in adapters})),
                                    **kw) for split in ("train", "eval")]
     return BaseComponents(base_model, base_model.tokenizer, text_encoder, functional_lora, probes.ids, probes.mask,

@@ -162,7 +162,8 @@ def add_ablations(ap):
     d = AblationConfig()
     ap.add_argument("--run-dir", default=d.run_dir, help=f"trials, results, summary (default: {d.run_dir})")
     ap.add_argument("--study-dir", default=d.study.run_dir,
-                    help=f"the unseen-tasks study's folder: split, multi-task LoRA, score cache (default: {d.study.run_dir})")
+                    help="the unseen-tasks study's folder: split, multi-task LoRA, score cache "
+                         f"(default: {d.study.run_dir})")
     ap.add_argument("--zoo-dir", default=d.study.zoo_dir, help=f"the family zoo (default: {d.study.zoo_dir})")
     ap.add_argument("--kinds", nargs="+", help="family kinds in the study (default: all)")
     ap.add_argument("--modes", nargs="+", default=list(d.modes), choices=list(MODES), help="supervision modes")

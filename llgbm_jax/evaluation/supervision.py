@@ -5,10 +5,11 @@ tasks under each supervision mode of `llgbm_jax.ablations.MODES` (raw factors, �
 end to end + ΔW), per seed, twice: at the same number of steps (``steps``) and at the same wall-clock budget
 (``budget_seconds``, by default the time ``delta_w`` took for ``steps`` steps; each mode gets as many steps as
 its own measured time per step allows, and a budget trial with the steps trial's step count is that trial).
-Each trial records its final loss, ΔW cosine and relative error to the seen tasks' held-out teachers, the behavioural delta cosine to its own task's teachers
-and to the others', and accuracy on seen tasks (generated from held-out prompts, beside base and the task's
-teacher) and on the held-out tasks (generated from examples and from random text, beside base, the oracle, the
-mean of the training teachers and the multi-task LoRA), with paired standard errors.
+Each trial records its final loss, ΔW cosine and relative error to the seen tasks' held-out teachers, the
+behavioural delta cosine to its own task's teachers and to the others', and accuracy on seen tasks (generated
+from held-out prompts, beside base and the task's teacher) and on the held-out tasks (generated from examples and
+from random text, beside base, the oracle, the mean of the training teachers and the multi-task LoRA), with
+paired standard errors, pooled over all held-out tasks and per group (inside, outside the seen range, kinds).
 
 The gauge test trains ``delta_w`` and ``weight_only`` again on the zoo with every teacher replaced by a
 gauge-transformed copy (`llgbm_jax.lora.gauge_transform`: same ΔW, other factors): ΔW supervision sees the
@@ -90,7 +91,8 @@ def gauge_teachers(seed: int):
 
     from llgbm_jax.lora import gauge_transform
 
-    return lambda teachers: jax.tree_util.tree_map(np.asarray, gauge_transform(teachers, jax.random.PRNGKey(1000 + seed)))
+    key = jax.random.PRNGKey(1000 + seed)
+    return lambda teachers: jax.tree_util.tree_map(np.asarray, gauge_transform(teachers, key))
 
 
 def run_trial(study, ablation, comparison: str, mode: str, seed: int, steps: int, seen_tasks: list[str], *,
@@ -185,7 +187,8 @@ def gauge_report(trials: list[dict]) -> dict[str, dict]:
         ref = next(t for t in trials if t["comparison"] == "steps" and (t["mode"], t["seed"]) == (g["mode"], g["seed"]))
         a, b = np.asarray(g["loss_history"]), np.asarray(ref["loss_history"])
         out[g["mode"]] = {"max_relative_loss_difference": float(np.max(np.abs(a - b) / np.maximum(np.abs(b), 1e-30))),
-                          "unseen_gain": g["metrics"]["unseen_gain"], "unseen_gain_original": ref["metrics"]["unseen_gain"],
+                          "unseen_gain": g["metrics"]["unseen_gain"],
+                          "unseen_gain_original": ref["metrics"]["unseen_gain"],
                           "seen_gain": g["metrics"]["seen_gain"], "seen_gain_original": ref["metrics"]["seen_gain"]}
     return out
 
@@ -229,7 +232,8 @@ def format_rows(rows: list[dict]) -> str:
         pm = lambda m: f"{f(r[m])} ± {f(r[m + '_std'])}"
         lines.append(f"{r['comparison']:<10} {r['mode']:<12} {r['steps']:>5} {r['seconds_per_step']:>6.2f} "
                      f"{r['final_loss']:>8.4g} {f(r['delta_w_cosine']):>7} {f(r['delta_cos_own']):>6} "
-                     f"{f(r['delta_cos_other']):>7} {pm('seen_gain'):>15} {pm('unseen_gain'):>15} {f(r['unseen_inside_gain']):>7} "
+                     f"{f(r['delta_cos_other']):>7} {pm('seen_gain'):>15} {pm('unseen_gain'):>15} "
+                     f"{f(r['unseen_inside_gain']):>7} "
                      f"{f(r['unseen_random_text_gain']):>11} {f(r['unseen_minus_mean_teachers']):>7} "
                      f"{f(r['unseen_minus_multitask']):>7}")
     return "\n".join(lines)
@@ -258,15 +262,16 @@ def run(ablation, *, base_model=None, show_progress: bool = True) -> dict[str, A
         t["metrics"].update(group_gains(t, study.split))
     rows = summary_rows(trials)
     results = {"config": ablation.to_dict(), "seen_tasks": seen_tasks, "heldout_tasks": study.heldout,
-               "summary": rows, "versus_delta_w": {c: versus_delta_w(trials, c, study.split) for c in ("steps", "budget")},
+               "summary": rows,
+               "versus_delta_w": {c: versus_delta_w(trials, c, study.split) for c in ("steps", "budget")},
                "gauge": gauge_report(trials), "trials": trials, "seconds": time.perf_counter() - t0}
     write_json_atomic(os.path.join(ablation.run_dir, "results.json"), results)
     write_summary_csv(rows, os.path.join(ablation.run_dir, "summary.csv"))
     print(format_rows(rows))
     for c, modes in results["versus_delta_w"].items():
         print(f"{c}: minus delta_w, cloze, paired and pooled over seeds: " + "; ".join(
-            f"{m} " + ", ".join(f"{p} {v[p]['gain']:+.3f} ± {v[p]['se']:.3f}" for p in ("seen", "unseen", "unseen_inside")
-                                if p in v) for m, v in modes.items()))
+            f"{m} " + ", ".join(f"{p} {v[p]['gain']:+.3f} ± {v[p]['se']:.3f}"
+                                for p in ("seen", "unseen", "unseen_inside") if p in v) for m, v in modes.items()))
     for m, g in results["gauge"].items():
         print(f"gauge test, {m}: loss curve differs by at most {g['max_relative_loss_difference']:.2e} (relative); "
               f"unseen gain {g['unseen_gain_original']:+.3f} -> {g['unseen_gain']:+.3f}, seen gain "

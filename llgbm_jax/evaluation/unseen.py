@@ -147,7 +147,8 @@ def kind_table(zoo_dir: str, zoo_cfg) -> list[dict]:
 
 def format_kind_table(rows: list[dict]) -> str:
     lines = [f"{'kind':<11} {'tasks':>6} {'n/task':>6} {'base':>6} {'teacher':>7} {'gain ± SE':>16} {'> 2 SE':>7}"]
-    lines += [f"{r['kind']:<11} {r['tasks']:>3}/{r['of']:<2} {r['n_per_task']:>6} {r['base']:>6.3f} {r['teacher']:>7.3f} "
+    lines += [f"{r['kind']:<11} {r['tasks']:>3}/{r['of']:<2} {r['n_per_task']:>6} {r['base']:>6.3f} "
+              f"{r['teacher']:>7.3f} "
               f"{r['gain']:+.3f} ± {r['se']:.3f}".ljust(61) + f" {r['significant']:>3}/{r['tasks']}" for r in rows]
     return "\n".join(lines)
 
@@ -163,9 +164,9 @@ def delta_w_gram(loras) -> np.ndarray:
     gram = np.zeros((n, n))
     for i in range(n):
         for j in range(i, n):
-            gram[i, j] = gram[j, i] = sum(
-                float((np.einsum("lor,los->lrs", bi, parts[j][m][0]) * np.einsum("lri,lsi->lrs", ai, parts[j][m][1])).sum())
-                for m, (bi, ai) in parts[i].items() if m in parts[j])
+            inner = lambda m, bi, ai: float((np.einsum("lor,los->lrs", bi, parts[j][m][0])
+                                             * np.einsum("lri,lsi->lrs", ai, parts[j][m][1])).sum())
+            gram[i, j] = gram[j, i] = sum(inner(m, bi, ai) for m, (bi, ai) in parts[i].items() if m in parts[j])
     return gram
 
 
@@ -263,7 +264,8 @@ def summarize(hits: dict, split, scores=SCORES) -> dict[str, Any]:
         for s in (s for s in scores if s in mean_hits[tasks[0]]["base"]):
             diff = lambda a, b: [mean_hits[t][a][s] - mean_hits[t][b][s] for t in tasks]
             r = {"gain_over_base": {v: pooled(diff(v, "base")) for v in VARIANTS if v != "base"},
-                 "generated_minus": {v: pooled(diff("generated", v)) for v in VARIANTS if v not in ("base", "generated")}}
+                 "generated_minus": {v: pooled(diff("generated", v)) for v in VARIANTS
+                                     if v not in ("base", "generated")}}
             oracle = r["gain_over_base"]["oracle"]["gain"]
             r["recovered"] = r["gain_over_base"]["generated"]["gain"] / oracle if oracle > 0 else None
             row[s] = r

@@ -31,6 +31,7 @@ def paired_gain(base_hits: Sequence[bool], new_hits: Sequence[bool]) -> dict[str
     """Accuracy gain of ``new`` over ``base`` on the same questions, with the paired standard error
     (standard deviation of the per-question differences / √n) and the gain in standard errors."""
     if len(base_hits) != len(new_hits) or not base_hits:
-        raise ValueError(f"paired_gain needs two equally long non-empty hit lists, got {len(base_hits)} and {len(new_hits)}")
+        raise ValueError("paired_gain needs two equally long non-empty hit lists, got "
+                         f"{len(base_hits)} and {len(new_hits)}")
     d = np.asarray(new_hits, np.float64) - np.asarray(base_hits, np.float64)
     return {**mean_difference(d), "only_new_correct": int((d > 0).sum()), "only_base_correct": int((d < 0).sum())}

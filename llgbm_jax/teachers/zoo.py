@@ -180,7 +180,8 @@ def build_zoo(zoo_dir: str, cfg: ZooConfig, *, base_model=None, data_dir: str | 
                                       show_progress=show_progress)
             write_json_atomic(details_path.replace(".json", "_exact_match.json"), em.pop("details"))
             manifest["eval_seconds"] += em["seconds"]
-            out["exact_match"] = {k: em[k] for k in ("accuracy", "correct", "total", "ci95", "seconds", "max_new_tokens")}
+            out["exact_match"] = {k: em[k] for k in ("accuracy", "correct", "total", "ci95", "seconds",
+                                                     "max_new_tokens")}
         return out
 
     def hits(path):
