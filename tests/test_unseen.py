@@ -11,7 +11,7 @@ import os
 import numpy as np
 import pytest
 
-from llgbm_jax.ablations import AblationConfig, setup_base_components
+from llgbm_jax.ablations import MODES, AblationConfig, setup_base_components
 from llgbm_jax.generator.config import TrainingConfig
 from llgbm_jax.tasks.family import KINDS, descriptions, family_task_names, kind_of
 from llgbm_jax.tasks.family_splits import FamilySplit, family_split
@@ -213,7 +213,7 @@ def ablation(study, tmp_path_factory):
     from llgbm_jax.evaluation import supervision
 
     tiny, cfg, _, _ = study
-    abl = AblationConfig(run_dir=str(tmp_path_factory.mktemp("ablations")), modes=("weight_only", "delta_w"),
+    abl = AblationConfig(run_dir=str(tmp_path_factory.mktemp("ablations")), modes=tuple(MODES),
                          seeds=(0,), steps=3, seen_tasks=1, study=cfg)
     return tiny, abl, supervision.run(abl, base_model=tiny, show_progress=False)
 
@@ -249,7 +249,7 @@ def test_ablation_writes_every_mode_comparison_and_metric(ablation):
     # Hits are per question on the study's questions: every mode is compared with delta_w on the same ones.
     for t in trials:
         assert all(len(h) == abl.study.eval_samples for h in t["unseen_hits"]["generated"].values())
-    assert set(result["versus_delta_w"]["steps"]) == {"weight_only"}
+    assert set(result["versus_delta_w"]["steps"]) == set(MODES) - {"delta_w"}
     split = FamilySplit.from_dict(json.load(open(os.path.join(abl.study.run_dir, "split.json"))))
     versus = result["versus_delta_w"]["steps"]["weight_only"]
     assert versus["unseen"]["n"] == sum(versus[f"unseen_{g}"]["n"] for g in ("inside", "outside", "kind")

@@ -75,6 +75,7 @@ def training_config(config: UnseenConfig, seed: int):
                           learning_rate=config.learning_rate, num_prompts_per_adapter=config.num_prompts,
                           description_share=config.description_share, generator_hidden=config.generator_hidden,
                           num_probes=config.num_probes, max_probe_length=config.max_probe_length,
+                          delta_batch_probes=min(TrainingConfig.delta_batch_probes, config.num_probes),
                           teacher_checkpoints="final", seed=seed, zoo_dir=config.zoo_dir, output_dir=run,
                           checkpoint_dir=os.path.join(run, "checkpoints"), checkpoint_every=100,
                           delta_cache_dir=os.path.join(cache, "deltas"),

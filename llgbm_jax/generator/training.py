@@ -36,7 +36,7 @@ from llgbm_jax.utils.mesh import data_devices, data_mesh, replicated, split_alon
 
 # Fields that may change between a run and its resumption (where things are written, how often).
 RESUMABLE_CHANGES = ("checkpoint_dir", "output_dir", "delta_cache_dir", "embedding_cache_dir", "checkpoint_every",
-                     "data_parallel_devices")
+                     "data_parallel_devices", "delta_batch_probes")  # where files go, how work is chunked
 
 
 class TrainingDiverged(FloatingPointError):
