@@ -8,6 +8,7 @@ states on them, the teachers' behavioural deltas (cached), and the training data
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any
 
 from llgbm_jax.base.model import DEFAULT_MODEL
@@ -66,9 +67,23 @@ class UnseenConfig:
     generator_hidden: int = 512
     num_probes: int = 8  # behavioural probes (the dataset's deltas; the ΔW loss does not use them)
     max_probe_length: int = 64
+    mode: str = "delta_w"  # the generators' supervision (a key of MODES); another writes to run_dir/<mode>
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"UnseenConfig.mode={self.mode!r}: unknown supervision mode; known: {list(MODES)}")
+
+    @property
+    def generators_dir(self) -> str:
+        """Where the generators, results and plot go: the study's folder for ``delta_w``, else a subfolder per mode
+        (the split, multi-task LoRA and score cache stay shared)."""
+        return self.run_dir if self.mode == "delta_w" else os.path.join(self.run_dir, self.mode)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        if self.mode == "delta_w":  # the default: studies written before the field match
+            del d["mode"]
+        return d
 
 
 @dataclasses.dataclass

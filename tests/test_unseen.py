@@ -208,6 +208,34 @@ def test_study_rerun_trains_and_scores_nothing(study, monkeypatch):
     assert again["hits"] == result["hits"] and again["summary"] == result["summary"]
 
 
+def test_study_of_another_supervision_mode_shares_split_teachers_and_baselines(study, monkeypatch):
+    from llgbm_jax.evaluation import unseen
+    from llgbm_jax.generator import sft_data
+
+    tiny, cfg, result, _ = study
+
+    def refuse(*a, **k):
+        raise AssertionError("a teacher or the multi-task LoRA was trained again")
+
+    for name in ("llgbm_jax.teachers.zoo.train_run", "llgbm_jax.teachers.run.train_run"):
+        monkeypatch.setattr(name, refuse)
+    made = []
+    real = sft_data.SFTData
+    monkeypatch.setattr(sft_data, "SFTData", lambda *a, **k: made.append(1) or real(*a, **k))
+    sft_cfg = dataclasses.replace(cfg, mode="sft", seeds=(0,))
+    sft = unseen.run(sft_cfg, base_model=tiny, show_progress=False)
+    out = os.path.join(cfg.run_dir, "sft")
+    assert made and os.path.isdir(os.path.join(out, "seed0", "checkpoints"))  # trained end to end, in its folder
+    assert os.path.isfile(os.path.join(out, "results.json")) and os.path.isfile(os.path.join(out, "unseen.png"))
+    assert sft["config"]["mode"] == "sft" and "mode" not in cfg.to_dict()
+    assert unseen.load_results(cfg.run_dir)["config"] == json.loads(json.dumps(cfg.to_dict()))  # ΔW study's, kept
+    for h, hits in sft["hits"].items():  # the same split and the same baselines' scores
+        for v in ("base", "oracle", "mean_teachers", "multitask"):
+            assert hits[v] == result["hits"][h][v]
+    with pytest.raises(ValueError, match="unknown supervision mode"):
+        dataclasses.replace(cfg, mode="ΔW")
+
+
 @pytest.fixture(scope="module")
 def ablation(study, tmp_path_factory):
     from llgbm_jax.evaluation import supervision
@@ -231,9 +259,10 @@ def test_ablation_writes_every_mode_comparison_and_metric(ablation):
     for r in rows:
         assert r["seeds"] == 1 and np.isfinite(r["final_loss"]) and -1 <= r["delta_w_cosine"] <= 1
         if r["comparison"] == "budget":  # delta_w's training time over the mode's own measured time per step
-            per_step = next(x["seconds_per_step"] for x in rows if (x["comparison"], x["mode"]) == ("steps", r["mode"]))
-            budget = next(t["train_seconds"] for t in result["trials"] if (t["comparison"], t["mode"]) == ("steps", "delta_w"))
-            assert r["steps"] == budget_steps(result["trials"], abl, r["mode"]) == max(1, int(budget / per_step + 1e-6))
+            steps_row = lambda m: next(x for x in rows if (x["comparison"], x["mode"]) == ("steps", m))
+            budget = steps_row("delta_w")["seconds_per_step"] * abl.steps  # what delta_w's training took
+            n = max(1, int(budget / steps_row(r["mode"])["seconds_per_step"] + 1e-6))
+            assert r["steps"] == budget_steps(result["trials"], abl, r["mode"], 0) in (n - 1, n, n + 1)
             if r["mode"] == "delta_w":  # its own budget: the steps trial itself, not trained again
                 assert r["steps"] == abl.steps
         else:

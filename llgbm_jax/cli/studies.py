@@ -121,6 +121,7 @@ def run_prepare_data(args):
 
 
 def add_unseen(ap):
+    from llgbm_jax.ablations import MODES
     from llgbm_jax.evaluation.unseen import UnseenConfig
 
     d = UnseenConfig()
@@ -138,6 +139,8 @@ def add_unseen(ap):
     ap.add_argument("--description-share", type=float, default=d.description_share,
                     help="share of training conditions that are one task description alone")
     ap.add_argument("--no-exact-match", action="store_true", help="cloze only")
+    ap.add_argument("--mode", default=d.mode, choices=list(MODES),
+                    help="the generators' supervision (default: delta_w; another writes to RUN_DIR/MODE)")
     ap.add_argument("--no-progress", action="store_true")
 
 
@@ -151,7 +154,8 @@ def run_unseen(args):
                        tasks=tuple(args.tasks) if args.tasks else None,
                        held_out_kinds=tuple(args.held_out_kinds), seeds=tuple(args.seeds), steps=args.steps,
                        eval_samples=args.eval_samples, multitask_steps=args.multitask_steps,
-                       description_share=args.description_share, exact_match=not args.no_exact_match)
+                       description_share=args.description_share, exact_match=not args.no_exact_match,
+                       mode=args.mode)
     run(cfg, show_progress=not args.no_progress)
     return 0
 

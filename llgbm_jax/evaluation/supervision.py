@@ -126,17 +126,18 @@ def group_gains(trial: dict, split) -> dict[str, float]:
     return out
 
 
-def budget_steps(trials: list[dict], ablation, mode: str) -> int:
-    """The same-budget comparison's steps for ``mode``: ``ablation.budget_seconds`` (default: the time
-    ``delta_w``'s steps trials took) over ``mode``'s own measured time per step."""
-    steps_trials = lambda m: [t for t in trials if t["mode"] == m and t["comparison"] == "steps"]
+def budget_steps(trials: list[dict], ablation, mode: str, seed: int) -> int:
+    """The same-budget comparison's steps for ``mode`` and ``seed``: ``ablation.budget_seconds`` (default: the time
+    ``delta_w``'s steps trial of that seed took) over the time per step ``mode``'s steps trial of that seed measured
+    (per seed, so that adding seeds later leaves the finished budget trials as they are)."""
+    steps_trial = lambda m: next(t for t in trials if (t["comparison"], t["mode"], t["seed"]) == ("steps", m, seed))
     budget = ablation.budget_seconds
     if budget is None:
-        if not steps_trials("delta_w"):
+        if "delta_w" not in ablation.modes:
             raise ValueError("budget_seconds=None takes the budget from delta_w's trials: add delta_w to the modes "
                              "or set budget_seconds")
-        budget = np.mean([t["train_seconds"] for t in steps_trials("delta_w")])
-    return max(1, int(budget / np.mean([t["seconds_per_step"] for t in steps_trials(mode)]) + 1e-6))
+        budget = steps_trial("delta_w")["train_seconds"]
+    return max(1, int(budget / steps_trial(mode)["seconds_per_step"] + 1e-6))
 
 
 def summary_rows(trials: list[dict]) -> list[dict]:
@@ -252,9 +253,10 @@ def run(ablation, *, base_model=None, show_progress: bool = True) -> dict[str, A
     trials = [trial("steps", m, s, ablation.steps) for m in ablation.modes for s in ablation.seeds]
     by_steps = {(t["mode"], t["seed"]): t for t in trials}
     for m in ablation.modes:  # the same wall-clock budget: each mode's own time per step, as measured above
-        n = budget_steps(trials, ablation, m)
-        trials += [{**by_steps[m, s], "comparison": "budget"} if n == ablation.steps else trial("budget", m, s, n)
-                   for s in ablation.seeds]
+        for s in ablation.seeds:
+            n = budget_steps(trials, ablation, m, s)
+            trials.append({**by_steps[m, s], "comparison": "budget"} if n == ablation.steps
+                          else trial("budget", m, s, n))
     if ablation.gauge_test:
         trials += [trial("gauge", m, ablation.seeds[0], ablation.steps, gauge=True) for m in GAUGE_MODES
                    if m in ablation.modes]

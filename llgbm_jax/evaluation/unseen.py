@@ -19,8 +19,9 @@ seeds. The collapse check compares the spread of the generated ΔW across held-o
 gives each generated ΔW's cosine to its oracle and to the mean of the training teachers; the seen check scores the
 generator on a few seen tasks (held-out prompts) beside their teachers; the teachers' ΔW cosines (neighbouring
 tasks, one kind, different kinds) show how related tasks sit in weight space. Everything is resumable: the zoo, the
-multi-task LoRA and the generators resume, scores are cached by adapter content. Writes ``split.json``,
-``results.json`` and ``unseen.png`` to ``run_dir``.
+multi-task LoRA and the generators resume, scores are cached by adapter content. Writes ``split.json`` to
+``run_dir``, ``results.json`` and ``unseen.png`` to ``run_dir`` (``run_dir/<mode>`` for generators supervised by
+another mode than ΔW, ``UnseenConfig.mode``: they share the split, the multi-task LoRA and the score cache).
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ def training_config(config: UnseenConfig, seed: int):
     """The generator's `TrainingConfig` for one seed (caches shared by the seeds)."""
     from llgbm_jax.generator.config import TrainingConfig
 
-    run = os.path.join(config.run_dir, f"seed{seed}")
+    run = os.path.join(config.generators_dir, f"seed{seed}")
     cache = os.path.join(config.run_dir, "cache")
     return TrainingConfig(base_model=config.model, num_steps=config.steps, warmup_steps=min(30, config.steps // 10),
                           learning_rate=config.learning_rate, num_prompts_per_adapter=config.num_prompts,
@@ -407,19 +408,18 @@ def train_generator(study: Study, seed: int, *, mode: str | None = None, steps: 
                     run_dir: str | None = None, run_name: str | None = None, show_progress: bool = True,
                     teachers_transform=None):
     """Train (or resume) a generator on the seen tasks' teachers; ``mode`` is a supervision mode of
-    `llgbm_jax.ablations.MODES` (default: the ΔW loss). ``teachers_transform`` maps the training teachers (a
+    `llgbm_jax.ablations.MODES` (default: the study's ``mode``). ``teachers_transform`` maps the training teachers (a
     stacked LoRA) before training (the gauge test). Writes to ``run_dir/run_name`` (default: the study's
-    ``run_dir/seed<k>``). Returns ``(generator, components, TrainingState)``."""
+    ``generators_dir/seed<k>``). Returns ``(generator, components, TrainingState)``."""
     from llgbm_jax.ablations import AblationConfig, mode_config, setup_base_components
     from llgbm_jax.generator.model import create_generator
     from llgbm_jax.generator.training import train
 
     cfg = training_config(study.config, seed)
-    run = os.path.join(run_dir or study.config.run_dir, run_name or f"seed{seed}")
+    run = os.path.join(run_dir or study.config.generators_dir, run_name or f"seed{seed}")
     cfg = cfg.replace(batch_size=min(cfg.batch_size, len(study.seen)), num_steps=steps or cfg.num_steps,
                       output_dir=run, checkpoint_dir=os.path.join(run, "checkpoints"))
-    if mode is not None:
-        cfg = mode_config(cfg, mode)
+    cfg = mode_config(cfg, mode or study.config.mode)
     comp = setup_base_components(AblationConfig(tasks=tuple(study.seen)), cfg, base_model=study.base_model,
                                  show_progress=show_progress)
     if teachers_transform is not None:
@@ -475,8 +475,9 @@ def run(config: UnseenConfig = UnseenConfig(), *, base_model=None, show_progress
     from tqdm.auto import tqdm
 
     t0 = time.perf_counter()
-    os.makedirs(config.run_dir, exist_ok=True)
-    write_json_atomic(os.path.join(config.run_dir, "config.json"), config.to_dict())
+    out = config.generators_dir
+    os.makedirs(out, exist_ok=True)
+    write_json_atomic(os.path.join(out, "config.json"), config.to_dict())
     study = prepare(config, base_model=base_model, show_progress=show_progress)
     seconds = dict(study.seconds)
     cosines = teacher_cosines({**study.seen_teachers, **study.oracle})
@@ -518,7 +519,7 @@ def run(config: UnseenConfig = UnseenConfig(), *, base_model=None, show_progress
                "nearest_teacher": nearest, "teacher_cosines": cosines, "training": training, "collapse": collapse,
                "summary": summary, "seen": seen,
                "hits": hits, "seconds": {**seconds, "total": time.perf_counter() - t0}}
-    write_json_atomic(os.path.join(config.run_dir, "results.json"), results)
+    write_json_atomic(os.path.join(out, "results.json"), results)
     print(format_results(summary))
     if seen:
         print(f"seen tasks ({len(checks)}, held-out prompts and questions, cloze, n {seen['teacher']['n']}): gain "
@@ -531,8 +532,8 @@ def run(config: UnseenConfig = UnseenConfig(), *, base_model=None, show_progress
                     f"{c['mean_cosine_to_mean_teachers']:.3f}, {c['mean_cosine_to_oracle']:.3f}; "
                     f"{c['mean_teachers_cosine_to_oracle']:.3f}" for s, c in collapse.items()))
     print("times: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in results["seconds"].items()))
-    print(f"plot: {plot(summary, os.path.join(config.run_dir, 'unseen.png'))}; results: "
-          f"{os.path.join(config.run_dir, 'results.json')} ({(time.perf_counter() - t0) / 60:.1f} min)")
+    print(f"plot: {plot(summary, os.path.join(out, 'unseen.png'))}; results: "
+          f"{os.path.join(out, 'results.json')} ({(time.perf_counter() - t0) / 60:.1f} min)")
     return results
 
 
