@@ -1,4 +1,5 @@
-"""An llgbm_jax LoRA file as a PEFT folder (`llgbm-jax convert export-peft`): `python convert/export_peft.py LORA.safetensors OUT_FOLDER`."""
+"""An llgbm_jax LoRA file as a PEFT folder (`llgbm-jax convert export-peft`):
+`python convert/export_peft.py LORA.safetensors OUT_FOLDER`."""
 
 import sys
 

@@ -1,4 +1,5 @@
-"""A base model as an llgbm_jax checkpoint (`llgbm-jax convert hf-to-jax`): `python convert/hf_to_jax.py smollm2-135m-instruct checkpoints/smollm2`."""
+"""A base model as an llgbm_jax checkpoint (`llgbm-jax convert hf-to-jax`):
+`python convert/hf_to_jax.py smollm2-135m-instruct checkpoints/smollm2`."""
 
 import sys
 

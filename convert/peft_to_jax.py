@@ -1,4 +1,5 @@
-"""A PEFT adapter folder as an llgbm_jax LoRA file (`llgbm-jax convert peft-to-jax`): `python convert/peft_to_jax.py ADAPTER OUT.safetensors`."""
+"""A PEFT adapter folder as an llgbm_jax LoRA file (`llgbm-jax convert peft-to-jax`):
+`python convert/peft_to_jax.py ADAPTER OUT.safetensors`."""
 
 import sys
 

@@ -1,4 +1,5 @@
-"""The ablation over supervision modes (`llgbm-jax ablations`): `python experiments/ablations.py --run-dir runs/ablations`."""
+"""The ablation over supervision modes (`llgbm-jax ablations`):
+`python experiments/ablations.py --run-dir runs/ablations`."""
 
 import sys
 

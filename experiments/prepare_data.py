@@ -1,4 +1,5 @@
-"""Build the task data folder where a network exists (`llgbm-jax prepare-data`): `python experiments/prepare_data.py --out data`."""
+"""Build the task data folder where a network exists (`llgbm-jax prepare-data`):
+`python experiments/prepare_data.py --out data`."""
 
 import sys
 

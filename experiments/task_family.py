@@ -1,4 +1,5 @@
-"""Teachers for the generated task family (`llgbm-jax family`): `python experiments/task_family.py --zoo-dir zoo_family`."""
+"""Teachers for the generated task family (`llgbm-jax family`):
+`python experiments/task_family.py --zoo-dir zoo_family`."""
 
 import sys
 

@@ -1,4 +1,5 @@
-"""One teacher run scored at several checkpoints (`llgbm-jax pilot`): `python experiments/teacher_pilot.py --task arc_e_cloze`."""
+"""One teacher run scored at several checkpoints (`llgbm-jax pilot`):
+`python experiments/teacher_pilot.py --task arc_e_cloze`."""
 
 import sys
 

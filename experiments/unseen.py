@@ -1,4 +1,5 @@
-"""Adapters for tasks the generator never saw (`llgbm-jax unseen`): `python experiments/unseen.py --run-dir runs/unseen`."""
+"""Adapters for tasks the generator never saw (`llgbm-jax unseen`):
+`python experiments/unseen.py --run-dir runs/unseen`."""
 
 import sys
 

@@ -1,4 +1,5 @@
-"""PEFT check of a run's generated adapters (`llgbm-jax verify generated`): `python experiments/verify_generated.py --run-dir runs/delta_w`."""
+"""PEFT check of a run's generated adapters (`llgbm-jax verify generated`):
+`python experiments/verify_generated.py --run-dir runs/delta_w`."""
 
 import sys
 

@@ -102,7 +102,8 @@ def test_generate_round_trip_loads_in_peft_with_our_logits(tiny_folder, generato
 
     # --prompts FILE (one per line) gives the same adapter; an existing --out needs --force.
     (tmp_path / "prompts.txt").write_text("\n".join(PROMPTS) + "\n\n")
-    assert main(["generate", "--generator", generator_dir, "--prompts", str(tmp_path / "prompts.txt"), "--out", out]) == 2
+    assert main(["generate", "--generator", generator_dir, "--prompts", str(tmp_path / "prompts.txt"),
+                 "--out", out]) == 2
     assert "exists; pass --force" in capsys.readouterr().err
     assert main(["generate", "--generator", generator_dir, "--prompts", str(tmp_path / "prompts.txt"), "--out", out,
                  "--force"]) == 0
@@ -130,7 +131,8 @@ def test_evaluate_prints_what_the_library_computes(tiny_folder, generator_dir, t
     hits = [[d["correct"] for d in compute_accuracy_with_lora(lora, ours, records, task, return_details=True,
                                                                show_progress=False)["details"]]
             for lora in (None, load_peft_adapter(out, ours.config))]
-    assert result["n"] == 6 and result["base"]["correct"] == sum(hits[0]) and result["adapter"]["correct"] == sum(hits[1])
+    assert (result["n"] == 6 and result["base"]["correct"] == sum(hits[0])
+            and result["adapter"]["correct"] == sum(hits[1]))
     assert result["adapter"]["gain_over_base"] == pytest.approx(paired_gain(*hits))
     assert f"({sum(hits[1])}/6)" in printed and "±" in printed
 

@@ -55,7 +55,8 @@ _CACHED_PROGRAM = """
 import sys, jax, jax.numpy as jnp
 from llgbm_jax.utils.compile_stats import use_compilation_cache
 hits = []
-jax.monitoring.register_event_listener(lambda event, **kw: hits.append(event) if event.endswith("/cache_hits") else None)
+jax.monitoring.register_event_listener(lambda event, **kw: hits.append(event)
+                                       if event.endswith("/cache_hits") else None)
 print(use_compilation_cache(sys.argv[1], min_compile_seconds=0))
 jax.jit(lambda x: jnp.sin(x) @ x)(jnp.ones((64, 64))).block_until_ready()
 print(len(hits))

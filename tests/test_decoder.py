@@ -114,7 +114,8 @@ def test_bfloat16_close_to_float32(tiny_model, ours):
     real = mask.astype(bool)
     diff, scale = max_diff_real(lo, hi, mask), float(np.abs(hi[real]).max())
     agree = float((lo.argmax(-1) == hi.argmax(-1))[real].mean())
-    print(f"{tiny_model[0]} bf16 vs f32: max |diff| = {diff:.3f} (max |logit| {scale:.2f}), argmax agreement {agree:.0%}")
+    print(f"{tiny_model[0]} bf16 vs f32: max |diff| = {diff:.3f} (max |logit| {scale:.2f}), "
+          f"argmax agreement {agree:.0%}")
     # bf16 keeps 8 significant bits (0.4%); over a few layers the logits move by ~1% of their scale.
     assert diff <= 0.04 * scale
     assert agree >= 0.8  # near-ties between random logits may flip

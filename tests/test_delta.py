@@ -1,4 +1,5 @@
-"""Probes (`llgbm_jax.conditions.probes`), behavioural deltas and their cache (`llgbm_jax.conditions.deltas`), experiments/deltas.py.
+"""Probes (`llgbm_jax.conditions.probes`), behavioural deltas and their cache (`llgbm_jax.conditions.deltas`),
+experiments/deltas.py.
 
 - `behavioural_delta` equals the same mean of last-token hidden-state differences computed by
   transformers + PEFT on the same adapter folder: relative error ≤ 1e-4 on tiny Llama/Qwen2/Qwen3,

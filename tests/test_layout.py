@@ -22,7 +22,8 @@ def python_files(*folders):
 def imported_modules(path):
     for node in ast.walk(ast.parse(open(path).read())):
         if isinstance(node, ast.ImportFrom) and node.module:
-            yield from ([f"{node.module}.{a.name}" for a in node.names] if node.module == "llgbm_jax" else [node.module])
+            yield from ([f"{node.module}.{a.name}" for a in node.names] if node.module == "llgbm_jax"
+                        else [node.module])
         elif isinstance(node, ast.Import):
             yield from (a.name for a in node.names)
 

@@ -178,7 +178,8 @@ def test_gauge_transform_keeps_delta_w_and_changes_the_factors(llama):
             assert np.abs(after - before).max() <= 1e-6 * np.abs(before).max()
         rel = np.linalg.norm(moved.A[m] - batch_.A[m]) / np.linalg.norm(batch_.A[m])
         assert rel > 0.3 and np.linalg.norm(moved.B[m] - batch_.B[m]) / np.linalg.norm(batch_.B[m]) > 0.3
-    assert not np.asarray(moved.A["down_proj"][:, 0, 2:]).any() and not np.asarray(moved.B["down_proj"][:, 0, :, 2:]).any()
+    assert (not np.asarray(moved.A["down_proj"][:, 0, 2:]).any()
+            and not np.asarray(moved.B["down_proj"][:, 0, :, 2:]).any())
     assert np.asarray(moved.A["down_proj"][:, 1, 2:]).any()  # rank 4 in layer 1: all of it moves
     # Each adapter of a batch has its own G (two copies of one adapter move apart); another key, another gauge.
     twins = gauge_transform(stack_loras([loras[0], loras[0]]), jax.random.PRNGKey(7))

@@ -168,7 +168,8 @@ def test_batched_teachers_of_different_ranks_and_broadcast():
     assert batch.batch_shape == (3,) and batch.config.max_rank == 8 and batch.config.scaling == 1.0
     for i, t in enumerate(teachers):  # same ΔW, exactly
         for m, d in dense(t).items():
-            np.testing.assert_allclose(dense(batch)[m][i].numpy(), d.numpy(), rtol=1e-5, atol=1e-6 * d.abs().max().item())
+            np.testing.assert_allclose(dense(batch)[m][i].numpy(), d.numpy(), rtol=1e-5,
+                                       atol=1e-6 * d.abs().max().item())
     check(make_lora(13, rank=8, batch=(3,)), batch)
     check(make_lora(14, rank=8, batch=(3,)), teachers[1])  # teacher batch () broadcast over 3 predictions
     assert stack_teachers(teachers, rank=16).config.max_rank == 16
@@ -235,7 +236,8 @@ def test_bad_pairs_are_refused():
 def test_stats_cosine_relative_error_match_dense():
     pred = make_lora(24, rank=8, batch=(2,), modules=("q_proj", "k_proj", "down_proj"))
     teacher = make_lora(25, rank=4, alpha=8, batch=(2,), use_rslora=True, modules=("q_proj", "down_proj", "o_proj"))
-    stats, cos, relerr = delta_w_stats(pred, teacher), delta_w_cosine(pred, teacher), delta_w_relative_error(pred, teacher)
+    stats, cos, relerr = (delta_w_stats(pred, teacher), delta_w_cosine(pred, teacher),
+                          delta_w_relative_error(pred, teacher))
     dp, dt = dense(pred), dense(teacher)
     assert set(stats) == {"q_proj", "k_proj", "o_proj", "down_proj"}
     for m in stats:
@@ -247,7 +249,8 @@ def test_stats_cosine_relative_error_match_dense():
         c = torch.nn.functional.cosine_similarity(p, t, dim=-1) if m in dp and m in dt else torch.zeros(2)
         np.testing.assert_allclose(np.asarray(cos[m]), c.numpy(), rtol=1e-5, atol=1e-6, err_msg=m)
         if m in dt:
-            np.testing.assert_allclose(np.asarray(relerr[m]), ((p - t).norm(dim=-1) / t.norm(dim=-1)).numpy(), rtol=1e-5)
+            np.testing.assert_allclose(np.asarray(relerr[m]), ((p - t).norm(dim=-1) / t.norm(dim=-1)).numpy(),
+                                       rtol=1e-5)
     assert np.isinf(np.asarray(relerr["k_proj"])).all()  # no teacher ΔW: relative error undefined
 
 
@@ -266,7 +269,8 @@ def test_fold_scaling_and_mean_lora_against_dense():
     assert set(dm) == set(ALL_MODULES)
     for m in ALL_MODULES:
         want = (da[m] + db.get(m, torch.zeros_like(da[m]))) / 2
-        np.testing.assert_allclose(dm[m].numpy(), want.numpy(), rtol=1e-5, atol=1e-6 * want.abs().max().item(), err_msg=m)
+        np.testing.assert_allclose(dm[m].numpy(), want.numpy(), rtol=1e-5, atol=1e-6 * want.abs().max().item(),
+                                   err_msg=m)
     # ... and the factored loss agrees: ΔW error of the mean adapter against each input
     assert float(jax.jit(DeltaWLoss().__call__)(mean, a)) == pytest.approx(dense_value_and_grad(mean, a)[0], rel=1e-5)
 
@@ -278,7 +282,8 @@ def test_weight_loss_on_folded_factors():
     teachers = [make_lora(29, rank=4, alpha=8), make_lora(30, rank=8, alpha=4)]
     teacher = stack_teachers(teachers, rank=8)
     fp = fold_scaling(pred)
-    want = sum(float(((np.asarray(getattr(fp, f)[m], np.float64) - np.asarray(getattr(teacher, f)[m], np.float64)) ** 2).sum())
+    want = sum(float(((np.asarray(getattr(fp, f)[m], np.float64)
+                       - np.asarray(getattr(teacher, f)[m], np.float64)) ** 2).sum())
                for f in "AB" for m in MODS)
     want /= sum(getattr(fp, f)[m].size for f in "AB" for m in MODS)
     assert float(jax.jit(WeightLoss())(pred, teacher)) == pytest.approx(want, rel=1e-5)
@@ -312,13 +317,15 @@ def test_delta_loss_and_multitask(tiny_llama, monkeypatch):
     mask[0, :2] = 0
     probes = probe_set(["a", "b", "c"], ids, mask)
     cfg = LoRAConfig(4, 8, ("q_proj", "v_proj"))
-    pred = stack_loras([init_lora(jax.random.PRNGKey(i), model.config, cfg, random_b=True, b_std=0.1) for i in range(2)])
+    pred = stack_loras([init_lora(jax.random.PRNGKey(i), model.config, cfg, random_b=True, b_std=0.1)
+                        for i in range(2)])
     teacher = stack_loras([init_lora(jax.random.PRNGKey(10 + i), model.config, cfg, random_b=True, b_std=0.1)
                            for i in range(2)])
 
     def delta_by_hand(lora):  # mean over probes of the last-token hidden state, adapted − base
         base = np.asarray(model.hidden_states(ids, mask))[:, -1]
-        return np.stack([np.asarray(model.hidden_states(ids, mask, lora=jax.tree_util.tree_map(lambda x: x[i], lora)))[:, -1]
+        return np.stack([np.asarray(model.hidden_states(ids, mask,
+                                                        lora=jax.tree_util.tree_map(lambda x: x[i], lora)))[:, -1]
                          - base for i in range(2)]).mean(1)
 
     t_delta = delta_by_hand(teacher)

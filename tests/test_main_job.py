@@ -69,7 +69,8 @@ def test_main_job_end_to_end(tiny_smollm2_vocab, tmp_path, capsys, monkeypatch):
         records = task.load("eval", DATA_DIR)[:5]
         mine = compute_accuracy_with_lora(adapter, ours, records, task, return_details=True, show_progress=False)
         base = compute_accuracy_with_lora(None, ours, records, task, return_details=True, show_progress=False)
-        assert acc["n"] == 5 and acc["generated"]["correct"] == mine["correct"] and acc["base"]["correct"] == base["correct"]
+        assert (acc["n"] == 5 and acc["generated"]["correct"] == mine["correct"]
+                and acc["base"]["correct"] == base["correct"])
         gain = paired_gain([d["correct"] for d in base["details"]], [d["correct"] for d in mine["details"]])
         assert acc["generated"]["gain_over_base"] == pytest.approx(gain)
         # The exported folder is the adapter the generator makes from the recorded prompts, and PEFT loads it.
@@ -80,7 +81,8 @@ def test_main_job_end_to_end(tiny_smollm2_vocab, tmp_path, capsys, monkeypatch):
         pm = load_in_peft(torch_model, folder)
         ids, mask = ours.encode([ours.chat_prompt(r["prompt"]) for r in records[:2]])
         with torch.no_grad():
-            ref = pm(input_ids=torch.as_tensor(ids, dtype=torch.long), attention_mask=torch.as_tensor(mask)).logits.numpy()
+            ref = pm(input_ids=torch.as_tensor(ids, dtype=torch.long),
+                     attention_mask=torch.as_tensor(mask)).logits.numpy()
         assert np.abs(np.asarray(ours.logits(ids, mask, adapter)) - ref)[mask > 0].max() < 1e-4
 
     # A second run reuses the zoo, the caches, the finished generator and every score (nothing is rescored),

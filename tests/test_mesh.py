@@ -66,8 +66,8 @@ EIGHT_DEVICES = textwrap.dedent("""
                                  generator_hidden=32, embedding_dim=8, num_prompts_per_adapter=4,
                                  teacher_checkpoints="all", lambda_weight=lambdas[0], lambda_delta=lambdas[1],
                                  lambda_sft=lambdas[2], sft_rows=2, sft_max_seq_len=96,
-                                 num_probes=4, delta_batch_probes=4, data_parallel_devices=n, checkpoint_dir=f"{out}/ckpt-{mode}{n}"
-                                 + ("d" if distributed else ""))
+                                 num_probes=4, delta_batch_probes=4, data_parallel_devices=n,
+                                 checkpoint_dir=f"{out}/ckpt-{mode}{n}" + ("d" if distributed else ""))
             dataset = RealAdapterDataset(zoo, mc, num_prompts_per_adapter=4, embed=embed, checkpoints="all",
                                          teacher_deltas=teacher_deltas)
             gen = create_generator(cfg, 0, model_config=mc)
@@ -197,7 +197,8 @@ def test_generator_training_on_8_devices_equals_one(tmp_path, tiny_folder):
     for i in (0, 1):
         two = json.loads((tmp_path / f"loss-delta_w8-process{i}.json").read_text())
         np.testing.assert_allclose(two, loss["delta_w", 8], rtol=1e-5)
-        assert_same_arrays(np.load(tmp_path / "params-delta_w8.npz"), np.load(tmp_path / f"params-delta_w8-process{i}.npz"))
+        assert_same_arrays(np.load(tmp_path / "params-delta_w8.npz"),
+                           np.load(tmp_path / f"params-delta_w8-process{i}.npz"))
         two = json.loads((tmp_path / f"scores8-process{i}.json").read_text())  # every process gets every row
         assert two["texts"] == one["texts"] and len(two["scores"]) == 16
         for a, b in zip(one["scores"], two["scores"]):

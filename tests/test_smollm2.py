@@ -57,8 +57,10 @@ def test_weights_match_transformers_gguf_loader(smollm2, smollm2_torch):
     layers = smollm2.params["layers"]
     for key in ("q_proj", "k_proj"):
         np.testing.assert_array_equal(np.asarray(layers[key][0]), sd[hf_name(key, 0)])
-    raw = {t.name: t for t in gguf.GGUFReader(embedded_gguf_path("smollm2-135m-instruct")).tensors}["blk.0.attn_q.weight"]
-    permuted = np.asarray(gguf.dequantize(raw.data, raw.tensor_type), np.float32).reshape(sd[hf_name("q_proj", 0)].shape)
+    raw = {t.name: t
+           for t in gguf.GGUFReader(embedded_gguf_path("smollm2-135m-instruct")).tensors}["blk.0.attn_q.weight"]
+    permuted = np.asarray(gguf.dequantize(raw.data, raw.tensor_type),
+                          np.float32).reshape(sd[hf_name("q_proj", 0)].shape)
     assert not np.array_equal(permuted, sd[hf_name("q_proj", 0)])  # the file's order really differs
     for key in LAYER_KEYS:
         if key in layers:

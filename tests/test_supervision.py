@@ -48,7 +48,8 @@ def test_every_mode_trains_and_its_loss_falls(components, mode):
     loss = state.loss_history
     assert len(loss) == 8 and all(np.isfinite(loss))
     assert np.mean(loss[-3:]) < np.mean(loss[:3]), loss  # it learns
-    active = {"loss_weight"} | ({"loss_delta"} if cfg.lambda_delta else set()) | ({"loss_sft"} if cfg.lambda_sft else set())
+    active = ({"loss_weight"} | ({"loss_delta"} if cfg.lambda_delta else set())
+              | ({"loss_sft"} if cfg.lambda_sft else set()))
     assert set(state.term_histories) == active
     terms = {t: h[0] for t, h in state.term_histories.items()}  # the total is the weighted sum of its terms
     weighted = (cfg.lambda_weight * terms["loss_weight"] + cfg.lambda_delta * terms.get("loss_delta", 0.0)

@@ -127,10 +127,11 @@ def test_sft_loss_equals_transformers_peft_loss(tiny, mixed_batch, tmp_path):
     for i, e in enumerate(examples):
         labels[i, e.num_prompt:len(e.ids)] = e.ids[e.num_prompt:]
     with torch.no_grad():
-        ref = pm(input_ids=torch.as_tensor(batch["ids"], dtype=torch.long), attention_mask=torch.as_tensor(batch["mask"]),
-                 labels=torch.as_tensor(labels)).loss.item()
+        ref = pm(input_ids=torch.as_tensor(batch["ids"], dtype=torch.long),
+                 attention_mask=torch.as_tensor(batch["mask"]), labels=torch.as_tensor(labels)).loss.item()
         base_ref = torch_model(input_ids=torch.as_tensor(batch["ids"], dtype=torch.long),
-                               attention_mask=torch.as_tensor(batch["mask"]), labels=torch.as_tensor(labels)).loss.item()
+                               attention_mask=torch.as_tensor(batch["mask"]),
+                               labels=torch.as_tensor(labels)).loss.item()
     for remat in (False, True):
         got = float(teachers.sft_loss(lora, ours.params, ours.config, batch, remat=remat))
         print(f"remat={remat}: ours {got:.7f}  transformers+PEFT {ref:.7f}  |diff| {abs(got - ref):.1e}")

@@ -50,7 +50,8 @@ def params_of(gen):
 
 
 def max_diff(a, b) -> float:
-    return max(float(jnp.max(jnp.abs(x - y))) for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
+    return max(float(jnp.max(jnp.abs(x - y)))
+               for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
 
 
 def test_train_lowers_the_loss_with_the_documented_schedule(zoo, tmp_path):

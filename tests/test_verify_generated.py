@@ -1,4 +1,5 @@
-"""`llgbm-jax verify generated` (`llgbm_jax.evaluation.verify.verify_generated`) and the PyTorch task scorer it uses (`llgbm_jax.evaluation.reference`).
+"""`llgbm-jax verify generated` (`llgbm_jax.evaluation.verify.verify_generated`) and the PyTorch task scorer it
+uses (`llgbm_jax.evaluation.reference`).
 
 Reference: transformers + PEFT on the same weights and adapter folder. Tolerances (float32): tiny model,
 summed option log-probabilities 1e-4 absolute and greedy gsm8k text identical; SmolLM2-135M (slow),
@@ -50,7 +51,8 @@ def test_torch_option_scores_equal_ours(tiny, adapter, task_name):
     prompts = [task.format_prompt(r, ours) for r in records]
     options = [task.options(r) for r in records]
     tok = torch_tokenizer(folder)
-    ref = torch_option_scores(load_in_peft(torch_model, adapter[0]), tok, prompts, options, batch_size=3)  # batches mix questions
+    ref = torch_option_scores(load_in_peft(torch_model, adapter[0]), tok, prompts, options,
+                              batch_size=3)  # batches mix questions
     mine, _ = score_options(ours, prompts, options, load_peft_adapter(adapter[0], ours.config))
     assert [len(x) for x in ref] == [len(o) for o in options]
     np.testing.assert_allclose(np.concatenate(ref), np.concatenate(mine), atol=1e-4, rtol=0)

@@ -6,5 +6,5 @@ from llgbm_jax.base.functional import FunctionalLoRA
 from llgbm_jax.base.model import (DEFAULT_MODEL, EMBEDDED, LARGE_MODEL, BaseModel, embedded_gguf_path, load_base_model,
                                   model_hash)
 
-__all__ = ["BaseModel", "DEFAULT_MODEL", "FunctionalLoRA", "EMBEDDED", "LARGE_MODEL", "ModelConfig", "embedded_gguf_path",
-           "load_base_model", "model_hash"]
+__all__ = ["BaseModel", "DEFAULT_MODEL", "FunctionalLoRA", "EMBEDDED", "LARGE_MODEL", "ModelConfig",
+           "embedded_gguf_path", "load_base_model", "model_hash"]

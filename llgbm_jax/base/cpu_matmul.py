@@ -1,10 +1,11 @@
-"""Opt-in oneDNN matrix multiplies for XLA:CPU.
+r"""Opt-in oneDNN matrix multiplies for XLA:CPU.
 
 XLA:CPU's own float32 GEMM runs SmolLM2's projections at 0.7-0.9x the rate of PyTorch's MKL kernels
 on a 2-core AVX-512 machine (`benchmarks/gemm.py`). XLA can hand every dot to oneDNN instead; this
 is an experimental XLA feature, so it is off by default. Turn it on for a whole process with
 
-    export XLA_FLAGS="--xla_cpu_use_onednn=true --xla_cpu_experimental_onednn_fusion_type=LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"
+    export XLA_FLAGS="--xla_cpu_use_onednn=true \
+        --xla_cpu_experimental_onednn_fusion_type=LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"
 
 or for one function with ``jax.jit(f).lower(*args).compile(compiler_options=ONEDNN_OPTIONS)``.
 Only the *individual dot* fusion type: ``LIBRARY_FUSION_TYPE_DOT`` (chains of dots in one oneDNN

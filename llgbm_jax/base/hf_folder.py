@@ -41,7 +41,8 @@ def load_hf_folder(folder: str, dtype=jnp.float32) -> tuple[ModelConfig, dict]:
         eos = read_json(gen).get("eos_token_id")
         if eos is not None:
             eos = tuple(eos) if isinstance(eos, list) else (eos,)
-            config = ModelConfig.from_dict({**config.to_dict(), "eos_token_ids": sorted(set(eos) | set(config.eos_token_ids))})
+            config = ModelConfig.from_dict({**config.to_dict(),
+                                            "eos_token_ids": sorted(set(eos) | set(config.eos_token_ids))})
     where: dict[str, str] = {}
     handles = {}
     for f in safetensors_files(folder):

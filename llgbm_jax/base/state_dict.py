@@ -34,7 +34,8 @@ def expected_shapes(config: ModelConfig) -> dict:
     layer = {k: (h,) for k in ("input_norm", "post_norm")}
     layer.update(config.module_shapes)
     if config.qkv_bias:
-        layer.update(q_bias=(config.num_heads * d,), k_bias=(config.num_kv_heads * d,), v_bias=(config.num_kv_heads * d,))
+        layer.update(q_bias=(config.num_heads * d,), k_bias=(config.num_kv_heads * d,),
+                     v_bias=(config.num_kv_heads * d,))
     if config.qk_norm:
         layer.update(q_norm=(d,), k_norm=(d,))
     top = {"embed": (config.vocab_size, h), "final_norm": (h,)}

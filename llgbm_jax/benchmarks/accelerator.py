@@ -17,8 +17,8 @@ reference time / our time (> 1: we are faster). Measured:
 
 Checks printed and saved with the times: ours vs transformers logits, ours vs PEFT logits, generated
 tokens, first-step losses, and every fused attention path against the chunked one on left- and
-right-padded batches (logits, and a loss on the final hidden states with its LoRA gradient). Targets on an H100/H200: forward
->= 1.5x at both shapes, LoRA SFT step >= 3x, generation >= 10x. ``--tiny`` runs everything at tiny
+right-padded batches (logits, and a loss on the final hidden states with its LoRA gradient). Targets on an H100/H200:
+forward >= 1.5x at both shapes, LoRA SFT step >= 3x, generation >= 10x. ``--tiny`` runs everything at tiny
 shapes (CI), where the fused paths are checked as ``xla`` and ``splash`` (Pallas interpret mode).
 """
 

@@ -70,7 +70,8 @@ def main(argv=None):
         rows[s] = dict(ms=t, max_diff_vs_torch=diff, max_grad_rel_diff_vs_torch=grad_diff)
         print(f"  {s:4d} tokens: forward ours {t['chunked_fwd']:6.2f} ms (one softmax {t['one_softmax_fwd']:6.2f}) | "
               f"torch {t['torch_fwd']:6.2f} ms | ours / torch {t['torch_fwd'] / t['chunked_fwd']:.2f}x;  gradient ours "
-              f"{t['chunked_grad']:6.2f} ms (one softmax {t['one_softmax_grad']:6.2f}) | torch {t['torch_grad']:6.2f} ms | "
+              f"{t['chunked_grad']:6.2f} ms (one softmax {t['one_softmax_grad']:6.2f}) | "
+              f"torch {t['torch_grad']:6.2f} ms | "
               f"{t['torch_grad'] / t['chunked_grad']:.2f}x;  max |diff| {diff:.1e}, "
               f"gradient (relative to its largest entry) {grad_diff:.1e}")
     return save_result(args, {"threads": n_threads, "batch": args.batch, "seqs": rows})

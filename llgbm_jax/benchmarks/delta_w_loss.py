@@ -213,8 +213,10 @@ def main(argv=None):
                 line += (f"\n{'':19s} peak MB: factored {mem['factored_jax']:8.1f} | dense jax {mem['dense_jax']:9.1f} "
                          f"({mem['dense_jax'] / mem['factored_jax']:6.1f}x) | dense torch {mem['dense_torch']:9.1f} "
                          f"({mem['dense_torch'] / mem['factored_jax']:6.1f}x) | XLA buffers: factored "
-                         f"{row['memory']['factored_jax']['xla_mb']:.1f}, dense {row['memory']['dense_jax']['xla_mb']:.1f}")
-            line += (f"\n{'':19s} factored vs dense torch: value {row['value_rel']:.1e}, gradient {row['grad_rel']:.1e} "
+                         f"{row['memory']['factored_jax']['xla_mb']:.1f}, "
+                         f"dense {row['memory']['dense_jax']['xla_mb']:.1f}")
+            line += (f"\n{'':19s} factored vs dense torch: value {row['value_rel']:.1e}, "
+                     f"gradient {row['grad_rel']:.1e} "
                      f"(relative); dense jax vs dense torch value {row['dense_jax_value_rel']:.1e}")
             print(line, flush=True)
             result = save_result(args, {"threads": n_threads, "rows": rows})  # after every row: a long run

@@ -73,7 +73,8 @@ def peft_deltas(torch_model, folders, ids, mask):
 
     def hidden(model):
         with torch.inference_mode():
-            h = model(input_ids=ids_t, attention_mask=mask_t, position_ids=pos, output_hidden_states=True).hidden_states[-1]
+            h = model(input_ids=ids_t, attention_mask=mask_t, position_ids=pos,
+                      output_hidden_states=True).hidden_states[-1]
         return h[rows, last].float()
 
     base = hidden(torch_model)
@@ -137,9 +138,12 @@ def main(argv=None):
         t = interleaved_medians(run, args.repeats, warmup=0)
     rel = np.linalg.norm(got["ours"] - got["peft"], axis=1) / np.linalg.norm(got["peft"], axis=1)
     ratio = t["peft_one_by_one"] / t["ours_batched"]
-    print(f"  ours, batched:        {t['ours_batched']:8.3f} s for the zoo ({t['ours_batched'] / len(folders) * 1e3:.1f} ms/adapter)")
-    print(f"  PEFT, one at a time:  {t['peft_one_by_one']:8.3f} s for the zoo ({t['peft_one_by_one'] / len(folders) * 1e3:.1f} ms/adapter)")
-    print(f"speed ours / PEFT: {ratio:.2f}x; max relative difference |ours - PEFT| / |PEFT| over adapters {rel.max():.2e}")
+    print(f"  ours, batched:        {t['ours_batched']:8.3f} s for the zoo "
+          f"({t['ours_batched'] / len(folders) * 1e3:.1f} ms/adapter)")
+    print(f"  PEFT, one at a time:  {t['peft_one_by_one']:8.3f} s for the zoo "
+          f"({t['peft_one_by_one'] / len(folders) * 1e3:.1f} ms/adapter)")
+    print(f"speed ours / PEFT: {ratio:.2f}x; max relative difference |ours - PEFT| / |PEFT| over adapters "
+          f"{rel.max():.2e}")
     result = dict(threads=n_threads, tiny=args.tiny, zoo_dir=None if args.tiny else zoo_dir, num_adapters=len(folders),
                   num_probes=len(probes), probe_tokens=int(probes.ids.shape[1]), probe_hash=probes.hash,
                   batch_size=min(args.batch_size, len(folders)), times_s=t, ours_over_peft_speed=ratio,

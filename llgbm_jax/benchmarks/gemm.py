@@ -49,5 +49,6 @@ def main(argv=None):
         r = rows[name]
         print(f"  {name:18s} [{out:5d}, {inp:4d}]: ours {r['ours']:5.0f} | F.linear {r['torch_linear']:5.0f} | "
               f"x @ W {r['torch_matmul']:5.0f} GFLOP/s | ours / F.linear {r['ours'] / r['torch_linear']:.2f}x"
-              + (f" | oneDNN {r['ours_onednn']:5.0f} GFLOP/s, {r['ours_onednn'] / r['torch_linear']:.2f}x" if cpu else ""))
+              + (f" | oneDNN {r['ours_onednn']:5.0f} GFLOP/s, {r['ours_onednn'] / r['torch_linear']:.2f}x"
+                 if cpu else ""))
     return save_result(args, {"threads": n_threads, "tokens": args.tokens, "gflops": rows})

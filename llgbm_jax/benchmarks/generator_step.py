@@ -13,9 +13,9 @@ with the same weights, and take the same batch: ``--batch`` conditions and as ma
          ``F.mse_loss`` would also keep every teacher ΔW for the backward pass), backward, torch AdamW.
 Same AdamW settings, same thread count, calls timed round-robin (medians; the first two steps of each
 side, which compile and warm up, are not timed). Prints both parameter counts, milliseconds per step (wall
-and process CPU time, the latter steadier on a shared machine) and the ratio (target >= 10x), the first two losses of both sides (the second after one update), which must
-agree, and the process's peak memory (the torch side keeps every ΔW difference for its backward pass:
-1.7 GB at SmolLM2 shapes and batch 4).
+and process CPU time, the latter steadier on a shared machine) and the ratio (target >= 10x), the first two
+losses of both sides (the second after one update), which must agree, and the process's peak memory (the
+torch side keeps every ΔW difference for its backward pass: 1.7 GB at SmolLM2 shapes and batch 4).
 """
 
 from __future__ import annotations

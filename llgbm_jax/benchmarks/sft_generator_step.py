@@ -75,7 +75,8 @@ def main(argv=None):
     graphdef, params, rest = split_generator(gen)
     tx = optax.adamw(LR, weight_decay=0.0)  # torch's AdamW defaults: betas (0.9, 0.999), eps 1e-8
     step = make_train_step(graphdef, rest, tx, MultiTaskLoss.from_config(config, mc))
-    batch = {"condition": prompts[None], "index": np.arange(n, dtype=np.int32)[None], "sft": {k_: v[None] for k_, v in sft.items()}}
+    batch = {"condition": prompts[None], "index": np.arange(n, dtype=np.int32)[None],
+             "sft": {k_: v[None] for k_, v in sft.items()}}
     delta = DeltaInputs(ours.params, None, None, None)
     state = {"p": params, "o": tx.init(params)}
 

@@ -93,8 +93,10 @@ def main(argv=None):
     ratio = t["peft"] / t["ours"]
     print(f"speed ours / PEFT: {ratio:.2f}x as trained (remat={trained!r}); full remat "
           f"{t['peft'] / t['ours_full_remat']:.2f}x, no remat {t['peft'] / t['ours_no_remat']:.2f}x"
-          + (f", as trained with oneDNN matmuls (opt-in) {t['peft'] / t['ours_onednn']:.2f}x" if "ours_onednn" in t else ""))
-    print(f"first-step loss: ours {first['ours']:.6f}, PEFT {first['peft']:.6f} (|diff| {abs(first['ours'] - first['peft']):.1e})")
+          + (f", as trained with oneDNN matmuls (opt-in) {t['peft'] / t['ours_onednn']:.2f}x"
+             if "ours_onednn" in t else ""))
+    print(f"first-step loss: ours {first['ours']:.6f}, PEFT {first['peft']:.6f} "
+          f"(|diff| {abs(first['ours'] - first['peft']):.1e})")
     result = dict(threads=n_threads, batch=b, seq=s, targets=k, seconds_per_step=t, ours_over_peft_speed=ratio,
                   first_loss=first)
     return save_result(args, result)

@@ -248,7 +248,8 @@ def run_zoo(args) -> dict:
                          rebuild_stale=args.rebuild_stale)
     print(f"\n{len(manifest['adapters'])} adapters in {args.zoo_dir}; this call took "
           f"{(time.perf_counter() - t0) / 60:.1f} min. Over all calls that built this zoo: "
-          f"{manifest['seconds'] / 60:.1f} min, of which training and export {manifest.get('train_seconds', 0) / 60:.1f} "
+          f"{manifest['seconds'] / 60:.1f} min, of which training and export "
+          f"{manifest.get('train_seconds', 0) / 60:.1f} "
           f"min and test-set scoring {manifest.get('eval_seconds', 0) / 60:.1f} min; this call compiled "
           f"{manifest['compiled_programs']} XLA programs\n")
     print(summary_table(manifest))

@@ -21,7 +21,8 @@ COMMANDS = {
     "train": (commands, "the main job: build the teacher zoo, train a generator on it, judge its adapters",
               "llgbm-jax train --seed 1 --output-dir runs/seed1"),
     "generate": (commands, "write an adapter from text (a task description or example prompts) as a PEFT folder",
-                 'llgbm-jax generate --generator runs/delta_w/generator --prompt "Add 3 to the number." --out my_adapter'),
+                 'llgbm-jax generate --generator runs/delta_w/generator --prompt "Add 3 to the number." '
+                 '--out my_adapter'),
     "chat": (commands, "greedy generation from the base model, with or without an adapter",
              'llgbm-jax chat --adapter my_adapter "Add 3 to this number: 41"'),
     "evaluate": (commands, "an adapter's accuracy on a task's held-out questions, beside the base model's",

@@ -254,7 +254,8 @@ def format_weight_table(per_task: dict[str, dict]) -> str:
         g, m, c = r["generated"], r["mean_teachers"], r["cross_task"]
         lines.append(f"{t:<22} {g['delta_w']['cosine']:>7.3f} {g['delta_w']['relative_error']:>10.3f} "
                      f"{g['delta_cosine']['own']:>9.3f} {g['delta_cosine']['other']:>11.3f} | "
-                     f"{m['delta_w']['cosine']:>10.3f} {m['delta_cosine']['own']:>9.3f} | {c['delta_w']['cosine']:>10.3f}")
+                     f"{m['delta_w']['cosine']:>10.3f} {m['delta_cosine']['own']:>9.3f} | "
+                     f"{c['delta_w']['cosine']:>10.3f}")
     return "\n".join(lines)
 
 
@@ -326,7 +327,8 @@ def format_accuracy_table(accuracy: dict) -> str:
                      f"{g['accuracy']:.3f}", f"{r['mean_teachers']['accuracy']:.3f}",
                      f"{r['cross_task']['accuracy']:.3f} ({r['cross_task_source']})", pm(g["gain_over_base"]),
                      pm(g["minus_teacher"]), pm(g["minus_mean_teachers"]),
-                     "-" if rec is None else f"{100 * rec:.0f}%" + ("" if r["teacher_significant"] else " (teacher n.s.)")))
+                     "-" if rec is None
+                     else f"{100 * rec:.0f}%" + ("" if r["teacher_significant"] else " (teacher n.s.)")))
     return format_rows(head, rows)
 
 

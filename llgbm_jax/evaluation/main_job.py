@@ -89,8 +89,8 @@ def prepare_zoo(config: TrainingConfig, base_model, show_progress: bool = True) 
               f"(python experiments/prepare_data.py --out data builds one where a network exists).", flush=True)
     existing = read_manifest(config.zoo_dir)
     if existing["adapters"] and not zoo_cfg.same_settings(existing.get("config")):
-        print(f"using the existing zoo {config.zoo_dir} ({len(existing['adapters'])} adapters; it was not built with the "
-              f"{preset!r} preset, so it is neither extended nor checked against it)")
+        print(f"using the existing zoo {config.zoo_dir} ({len(existing['adapters'])} adapters; it was not built "
+              f"with the {preset!r} preset, so it is neither extended nor checked against it)")
     else:
         build_zoo(config.zoo_dir, zoo_cfg, base_model=base_model, data_dir=config.data_dir, show_progress=show_progress)
     return preset
@@ -151,9 +151,10 @@ def run(config: TrainingConfig, options: JobOptions = JobOptions(), *, base_mode
             per_task = comparison.weight_and_behaviour(variants, comp.teacher_deltas, comp.adapters)
             print("\nper task (generated from held-out prompts vs the task's final teacher):")
             print(comparison.format_weight_table(per_task))
-            print(f"\nheld-out adapters ({evaluation['n_adapters']}): eval_loss {evaluation['eval_loss']:.4g}, ΔW cosine "
-                  f"{evaluation['delta_w']['cosine']:.3f}, delta cosine mean "
-                  f"{evaluation.get('mean_cosine', float('nan')):.3f} (min {evaluation.get('min_cosine', float('nan')):.3f})")
+            print(f"\nheld-out adapters ({evaluation['n_adapters']}): eval_loss {evaluation['eval_loss']:.4g}, "
+                  f"ΔW cosine {evaluation['delta_w']['cosine']:.3f}, delta cosine mean "
+                  f"{evaluation.get('mean_cosine', float('nan')):.3f} "
+                  f"(min {evaluation.get('min_cosine', float('nan')):.3f})")
 
         with phase("accuracy"):
             accuracy = {}

@@ -21,7 +21,8 @@ def torch_model(name_or_path: str, dtype: str = "float32"):
     path = embedded_gguf_path(name_or_path) if name_or_path in EMBEDDED else os.path.expanduser(name_or_path)
     kwargs = {"dtype": getattr(torch, dtype)}
     if path.endswith(".gguf"):
-        return AutoModelForCausalLM.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path), **kwargs).eval()
+        return AutoModelForCausalLM.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path),
+                                                    **kwargs).eval()
     if os.path.isfile(os.path.join(path, MARKER)):
         raise ValueError(f"{path} is an llgbm_jax checkpoint: transformers cannot read it; "
                          f"point at the GGUF file or Hugging Face folder it was converted from")

@@ -295,7 +295,8 @@ class BatchIterator:
 
     def __post_init__(self):
         if not 0 < self.batch_size <= len(self.dataset):
-            raise ValueError(f"batch_size {self.batch_size} must be in [1, {len(self.dataset)}] (the dataset's adapters)")
+            raise ValueError(f"batch_size {self.batch_size} must be in [1, {len(self.dataset)}] "
+                             "(the dataset's adapters)")
 
     @property
     def batches_per_epoch(self) -> int:

@@ -487,7 +487,8 @@ class MultiTaskLoss:
                              f"base model and probes)")
         if lambda_sft > 0 and sft_loss is None:
             raise ValueError(f"MultiTaskLoss: lambda_sft={lambda_sft} needs an sft_loss (an SFTLoss)")
-        self.lambda_weight, self.lambda_delta, self.lambda_sft = float(lambda_weight), float(lambda_delta), float(lambda_sft)
+        self.lambda_weight, self.lambda_delta, self.lambda_sft = (float(lambda_weight), float(lambda_delta),
+                                                                  float(lambda_sft))
         self.weight_loss = weight_loss if weight_loss is not None else DeltaWLoss()
         self.delta_loss, self.sft_loss = delta_loss, sft_loss
 

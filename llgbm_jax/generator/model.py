@@ -105,7 +105,8 @@ class LoRAGenerator(nnx.Module):
         floored at ``floor`` × the mean std (features that barely vary are not blown up); all stds 0 → 1."""
         c = np.asarray(conditions, np.float64)
         if c.ndim != 2 or c.shape[1] != self.cond_dim:
-            raise ValueError(f"fit_condition_normalizer: conditions have shape {c.shape}, expected [N, {self.cond_dim}]")
+            raise ValueError(f"fit_condition_normalizer: conditions have shape {c.shape}, "
+                             f"expected [N, {self.cond_dim}]")
         std = c.std(0)
         scale = np.maximum(std, floor * std.mean()) if std.mean() > 0 else np.ones_like(std)
         self.cond_mean.set_value(jnp.asarray(c.mean(0), jnp.float32))
@@ -231,7 +232,8 @@ def _build(config: TrainingConfig, model_config: ModelConfig, cond_dim: int, see
     """The generator without a text encoder, initialised in one compiled program (eager initialisation of
     ~42M parameters takes twice as long), or with shapes only (``abstract``: to be filled from a file)."""
     make = lambda: LoRAGenerator(model_config, LoRAConfig(config.lora_rank, config.lora_alpha, config.target_modules),
-                                 cond_dim=cond_dim, hidden=config.generator_hidden, trunk_layers=config.generator_layers,
+                                 cond_dim=cond_dim, hidden=config.generator_hidden,
+                                 trunk_layers=config.generator_layers,
                                  embedding_dim=config.embedding_dim, rngs=nnx.Rngs(seed))
     gen = nnx.eval_shape(make) if abstract else nnx.jit(make)()
     gen.training_config = config

@@ -107,7 +107,8 @@ def make_train_step(graphdef, rest, tx: optax.GradientTransformation, loss_fn: C
             (total, terms), grads = grad_fn(params, teachers, first, delta)
         else:
             shapes = jax.eval_shape(grad_fn, params, teachers, first, delta)
-            zero = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), (shapes[0][0], shapes[0][1], shapes[1]))
+            zero = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype),
+                                          (shapes[0][0], shapes[0][1], shapes[1]))
             (total, terms, grads), _ = jax.lax.scan(body, zero, micro_batches)
             total, terms, grads = jax.tree_util.tree_map(lambda x: x / k, (total, terms, grads))
         grad_norm = optax.global_norm(grads)

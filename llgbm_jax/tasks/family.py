@@ -218,7 +218,8 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
         Transform("camel_case", "Write these words in camelCase",
                   lambda ws: ws[0] + "".join(w.capitalize() for w in ws[1:]), None, (
             "Join the words, capitalising every word after the first.", "Write the words as one camel case name.",
-            "Remove the spaces and start each later word with a capital.", "Turn the words into a java variable name.")),
+            "Remove the spaces and start each later word with a capital.",
+            "Turn the words into a java variable name.")),
         Transform("comma_list", "Separate these words with commas", lambda ws: ", ".join(ws), None, (
             "Put a comma between the words.", "Write the words as a comma separated list.",
             "Replace each space between words by a comma and a space.", "List the words with commas in between.")),
@@ -253,7 +254,8 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
     Kind("slice", "words", 8, _parametric(
         "first", range(1, 8), lambda k: f"Write the first {k} word{'s' if k > 1 else ''} of this list",
         lambda k: _words(lambda ws: ws[:k]),
-        lambda k: (f"Keep only the first {_plural(k, 'word')}.", f"Return the opening {_plural(k, 'word')} of the list.",
+        lambda k: (f"Keep only the first {_plural(k, 'word')}.",
+                   f"Return the opening {_plural(k, 'word')} of the list.",
                    f"Cut the list after word {k}.", f"Drop everything after the first {_plural(k, 'word')}."))
         + _parametric(
         "last", range(1, 8), lambda k: f"Write the last {k} word{'s' if k > 1 else ''} of this list",

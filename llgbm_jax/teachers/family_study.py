@@ -60,7 +60,8 @@ def score_mean_of_teachers(zoo_dir: str, cfg, manifest, base_model, *, show_prog
         em = exact_match_accuracy(mean, base_model, records, task, return_details=True, show_progress=show_progress)
         cache["tasks"][name] = {"eval_key": key, "rank": mean.config.rank,
                                 "cloze": cloze["accuracy"], "cloze_hits": [d["correct"] for d in cloze["details"]],
-                                "exact_match": em["accuracy"], "exact_match_hits": [d["correct"] for d in em["details"]],
+                                "exact_match": em["accuracy"],
+                                "exact_match_hits": [d["correct"] for d in em["details"]],
                                 "seconds": cloze["seconds"] + em["seconds"]}
         write_json_atomic(path, cache)
     return cache
@@ -123,7 +124,8 @@ def family_study(zoo_dir: str, cfg, *, out: str | None = None, base_model=None, 
               "seconds": {"zoo_total": manifest["seconds"], "train": manifest.get("train_seconds", 0.0),
                           "base_and_teacher_scoring": manifest.get("eval_seconds", 0.0),
                           "mean_of_teachers_scoring": sum(m["seconds"] for m in mean_scores["tasks"].values()),
-                          "this_call": time.perf_counter() - t0, "this_call_mean_scoring": time.perf_counter() - t_mean}}
+                          "this_call": time.perf_counter() - t0,
+                          "this_call_mean_scoring": time.perf_counter() - t_mean}}
     if out:
         write_json_atomic(out, result)
     return result

@@ -57,6 +57,6 @@ def teacher_pilot(task_name: str = "arc_e", *, steps: int = 100, lr: float = 1e-
         for a in res.adapters:
             g = paired_gain(base, hits(load_peft_adapter(a["path"])))
             out["checkpoints"].append({"step": a["step"], **g})
-            print(f"step {a['step']:4d}: accuracy {np.mean(base) + g['gain']:.3f}, gain {g['gain']:+.3f} ± {g['se']:.3f} "
-                  f"({g['gain_in_se']:.1f} SE)", flush=True)
+            print(f"step {a['step']:4d}: accuracy {np.mean(base) + g['gain']:.3f}, "
+                  f"gain {g['gain']:+.3f} ± {g['se']:.3f} ({g['gain_in_se']:.1f} SE)", flush=True)
     return out

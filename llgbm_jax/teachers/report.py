@@ -20,7 +20,8 @@ def preset_with(preset: str, *, tasks=None, runs_per_task=None, steps=None, warm
     cfg = PRESETS[preset]
     teacher = {k: v for k, v in (("steps", steps), ("warmup_steps", warmup_steps), ("save_every", save_every),
                                  ("adapters_per_run", adapters_per_run)) if v is not None}
-    overrides = tuple((task, tuple((k, v) for k, v in fields if k not in teacher)) for task, fields in cfg.task_overrides)
+    overrides = tuple((task, tuple((k, v) for k, v in fields if k not in teacher))
+                      for task, fields in cfg.task_overrides)
     top = {k: v for k, v in (("tasks", tuple(tasks) if tasks else None), ("runs_per_task", runs_per_task),
                              ("eval_samples", eval_samples), ("model", model)) if v is not None}
     if eval_samples is not None:

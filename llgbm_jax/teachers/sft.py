@@ -85,7 +85,8 @@ def collate(examples: Sequence[SFTExample], pad_id: int, multiple: int = 32, *, 
     return out
 
 
-def batch_plan(lengths: Sequence[int], batch_size: int, steps: int, seed: int, group_batches: int = 16) -> list[list[int]]:
+def batch_plan(lengths: Sequence[int], batch_size: int, steps: int, seed: int,
+               group_batches: int = 16) -> list[list[int]]:
     """Indices of the examples of every step: epochs of a seeded shuffle; within windows of
     ``group_batches`` batches, examples are sorted by length (less padding) and batches re-shuffled."""
     rng = np.random.default_rng(seed)
