@@ -236,6 +236,35 @@ def test_study_of_another_supervision_mode_shares_split_teachers_and_baselines(s
         dataclasses.replace(cfg, mode="ΔW")
 
 
+def test_ablation_trial_at_the_studys_steps_is_the_studys_generator(study, tmp_path, monkeypatch):
+    """A steps trial of the study's step count measures the study's generator of that mode and seed (trained by the
+    `study` fixture) instead of training a second one; at another step count it trains in the ablation's folder."""
+    from llgbm_jax.evaluation import supervision, unseen
+    from llgbm_jax.generator import training
+    from llgbm_jax.utils.lock import RunLocked, run_lock
+
+    tiny, cfg, result, _ = study
+    s = unseen.prepare(cfg, base_model=tiny, show_progress=False)
+    abl = AblationConfig(run_dir=str(tmp_path / "ablations"), modes=("delta_w",), seeds=(0,), steps=cfg.steps,
+                         seen_tasks=1, study=cfg)
+    real = training.make_train_step
+
+    def refuse(*a, **k):
+        pytest.fail("the study's finished generator was trained again")
+
+    monkeypatch.setattr(training, "make_train_step", lambda *a, **k: refuse)
+    trial = supervision.run_trial(s, abl, "steps", "delta_w", 0, cfg.steps, s.seen[:1], show_progress=False)
+    assert trial["loss_history"][-1] == result["training"][0]["loss_last"] and len(trial["loss_history"]) == cfg.steps
+    assert os.listdir(os.path.join(abl.run_dir, "steps", "delta_w", "seed0")) == ["trial.json"]
+    with run_lock(os.path.join(cfg.run_dir, "seed0")):  # one job at a time trains a generator folder
+        with pytest.raises(RunLocked, match="seed0 is in use by another job"):
+            unseen.train_generator(s, 0, show_progress=False)
+    monkeypatch.setattr(training, "make_train_step", real)
+    other = supervision.run_trial(s, abl, "steps", "delta_w", 0, cfg.steps - 1, s.seen[:1], show_progress=False)
+    assert os.path.isdir(os.path.join(abl.run_dir, "steps", "delta_w", "seed0", "checkpoints"))
+    assert len(other["loss_history"]) == cfg.steps - 1
+
+
 @pytest.fixture(scope="module")
 def ablation(study, tmp_path_factory):
     from llgbm_jax.evaluation import supervision

@@ -22,6 +22,7 @@ trial), ``summary.csv`` (mean ± std over seeds per comparison and mode) and ``a
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 import time
 from typing import Any
@@ -97,7 +98,9 @@ def gauge_teachers(seed: int):
 
 def run_trial(study, ablation, comparison: str, mode: str, seed: int, steps: int, seen_tasks: list[str], *,
               show_progress: bool, gauge: bool = False) -> dict[str, Any]:
-    """One trained and measured generator, or the saved one (``trial.json``) when it is already done."""
+    """One trained and measured generator, or the saved one (``trial.json``) when it is already done. A steps trial
+    at the study's own step count trains (or reuses) the unseen study's generator of that mode and seed
+    (``RUN_DIR/<mode>/seed<k>``): the same configuration, so one generator serves both."""
     from llgbm_jax.evaluation.unseen import train_generator
 
     name = os.path.join(comparison, mode, f"seed{seed}")
@@ -105,9 +108,11 @@ def run_trial(study, ablation, comparison: str, mode: str, seed: int, steps: int
     key = {"comparison": comparison, "mode": mode, "seed": seed, "steps": steps, "seen_tasks": seen_tasks}
     if os.path.isfile(path) and read_json(path).get("key") == key:
         return read_json(path)
-    gen, comp, state = train_generator(study, seed, mode=mode, steps=steps, run_dir=ablation.run_dir, run_name=name,
-                                       show_progress=show_progress,
-                                       teachers_transform=gauge_teachers(seed) if gauge else None)
+    shared = comparison == "steps" and not gauge and steps == study.config.steps
+    where = (dict(run_dir=dataclasses.replace(study.config, mode=mode).generators_dir, run_name=f"seed{seed}")
+             if shared else dict(run_dir=ablation.run_dir, run_name=name))
+    gen, comp, state = train_generator(study, seed, mode=mode, steps=steps, show_progress=show_progress,
+                                       teachers_transform=gauge_teachers(seed) if gauge else None, **where)
     trial = {"key": key, **key, **measure(study, gen, comp, state, seed, seen_tasks)}
     write_json_atomic(path, trial)
     return trial

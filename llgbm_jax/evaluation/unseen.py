@@ -36,6 +36,7 @@ import numpy as np
 
 from llgbm_jax.ablations import UnseenConfig  # noqa: F401  (defined with AblationConfig, whose study it is)
 from llgbm_jax.utils.io import content_key, read_json, write_json_atomic
+from llgbm_jax.utils.lock import run_lock
 
 FIXED = ("base", "oracle", "mean_teachers", "nearest_teacher", "multitask")  # the same for every seed
 GENERATED = ("generated", "generated_description", "random_text", "other_heldout")  # one per seed
@@ -425,9 +426,10 @@ def train_generator(study: Study, seed: int, *, mode: str | None = None, steps: 
     if teachers_transform is not None:
         comp.dataset.teachers = teachers_transform(comp.dataset.teachers)
     gen = create_generator(cfg, seed, model_config=study.base_model.config)
-    state = train(gen, comp.dataset, cfg, model_config=study.base_model.config, show_progress=show_progress,
-                  delta=comp.delta_inputs if cfg.lambda_delta > 0 or cfg.lambda_sft > 0 else None,
-                  sft=comp.sft_data() if cfg.lambda_sft > 0 else None)
+    with run_lock(run, advice="wait for it to finish"):  # the study and the ablation may share this generator
+        state = train(gen, comp.dataset, cfg, model_config=study.base_model.config, show_progress=show_progress,
+                      delta=comp.delta_inputs if cfg.lambda_delta > 0 or cfg.lambda_sft > 0 else None,
+                      sft=comp.sft_data() if cfg.lambda_sft > 0 else None)
     return gen, comp, state
 
 

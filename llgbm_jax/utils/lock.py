@@ -21,8 +21,9 @@ class RunLocked(RuntimeError):
 
 
 @contextlib.contextmanager
-def run_lock(folder: str):
-    """Hold ``folder``'s lock for the ``with`` block; `RunLocked` names the holder if another process has it."""
+def run_lock(folder: str, advice: str = "wait for it to finish, or give this run another output folder (--output-dir)"):
+    """Hold ``folder``'s lock for the ``with`` block; `RunLocked` names the holder (and ``advice``) if another
+    process has it."""
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, LOCK_FILE)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -30,8 +31,7 @@ def run_lock(folder: str):
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise RunLocked(f"{folder} is in use by another job ({_holder(fd)}); wait for it to finish, or give this "
-                            f"run another output folder (--output-dir)") from None
+            raise RunLocked(f"{folder} is in use by another job ({_holder(fd)}); {advice}") from None
         os.ftruncate(fd, 0)
         os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}).encode())
         yield path
