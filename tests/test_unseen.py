@@ -291,7 +291,7 @@ def test_ablation_writes_every_mode_comparison_and_metric(ablation):
             steps_row = lambda m: next(x for x in rows if (x["comparison"], x["mode"]) == ("steps", m))
             budget = steps_row("delta_w")["seconds_per_step"] * abl.steps  # what delta_w's training took
             n = max(1, int(budget / steps_row(r["mode"])["seconds_per_step"] + 1e-6))
-            assert r["steps"] == budget_steps(result["trials"], abl, r["mode"], 0) in (n - 1, n, n + 1)
+            assert r["steps"] == budget_steps(result["trials"], abl, r["mode"]) in (n - 1, n, n + 1)
             if r["mode"] == "delta_w":  # its own budget: the steps trial itself, not trained again
                 assert r["steps"] == abl.steps
         else:

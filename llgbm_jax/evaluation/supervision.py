@@ -131,10 +131,12 @@ def group_gains(trial: dict, split) -> dict[str, float]:
     return out
 
 
-def budget_steps(trials: list[dict], ablation, mode: str, seed: int) -> int:
-    """The same-budget comparison's steps for ``mode`` and ``seed``: ``ablation.budget_seconds`` (default: the time
-    ``delta_w``'s steps trial of that seed took) over the time per step ``mode``'s steps trial of that seed measured
-    (per seed, so that adding seeds later leaves the finished budget trials as they are)."""
+def budget_steps(trials: list[dict], ablation, mode: str) -> int:
+    """The same-budget comparison's steps for ``mode``, one count for every seed: ``ablation.budget_seconds``
+    (default: the time ``delta_w``'s steps trial took) over the time per step ``mode``'s steps trial measured, both
+    of the first seed, so that a later seed's time (its generator perhaps trained by the unseen study on a busy
+    machine) changes no budget and adding seeds leaves the finished budget trials as they are."""
+    seed = ablation.seeds[0]
     steps_trial = lambda m: next(t for t in trials if (t["comparison"], t["mode"], t["seed"]) == ("steps", m, seed))
     budget = ablation.budget_seconds
     if budget is None:
@@ -259,7 +261,7 @@ def run(ablation, *, base_model=None, show_progress: bool = True) -> dict[str, A
     by_steps = {(t["mode"], t["seed"]): t for t in trials}
     for m in ablation.modes:  # the same wall-clock budget: each mode's own time per step, as measured above
         for s in ablation.seeds:
-            n = budget_steps(trials, ablation, m, s)
+            n = budget_steps(trials, ablation, m)
             trials.append({**by_steps[m, s], "comparison": "budget"} if n == ablation.steps
                           else trial("budget", m, s, n))
     if ablation.gauge_test:
