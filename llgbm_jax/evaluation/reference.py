@@ -40,7 +40,12 @@ def load_peft_strict(model, folder: str, *, copy_model: bool = True):
         warnings.simplefilter("error")
         warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
         warnings.filterwarnings("ignore", category=DeprecationWarning)
-        pm = PeftModel.from_pretrained(copy.deepcopy(model) if copy_model else model, str(folder))
+        try:
+            pm = PeftModel.from_pretrained(copy.deepcopy(model) if copy_model else model, str(folder))
+        except UserWarning as w:  # PEFT >= 0.22 warns about unexpected keys itself
+            if "unexpected adapter keys" not in str(w):
+                raise
+            raise ValueError(f"{folder}: saved keys differ from PeftModel's LoRA parameters: {w}") from None
     with safe_open(os.path.join(folder, "adapter_model.safetensors"), "numpy") as f:
         saved = set(f.keys())
     loaded = set(get_peft_model_state_dict(pm, save_embedding_layers=False))
