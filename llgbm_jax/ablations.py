@@ -114,14 +114,15 @@ class AblationConfig:
     modes: tuple[str, ...] = tuple(MODES)
     seeds: tuple[int, ...] = (0, 1, 2)
     steps: int = 400  # generator steps of the same-steps comparison
-    budget_seconds: float | None = None  # training time per generator of the same-budget comparison (None:
-    # what delta_w's `steps` steps took)
+    budget_seconds: float | None = None  # training time per generator of the same-budget comparison, compiles
+    # excluded (None: `steps` steps of delta_w)
+    timing_steps: int = 10  # steps per mode that time a step for the budget (run_dir/step_seconds.json)
     seen_tasks: int = 12  # seen tasks whose accuracy is measured (spread over the seen list)
     gauge_test: bool = True
     study: UnseenConfig = dataclasses.field(default_factory=UnseenConfig)  # the zoo, split and baselines
 
-    ABLATION_FIELDS = ("tasks", "run_dir", "modes", "seeds", "steps", "budget_seconds", "seen_tasks", "gauge_test",
-                       "study")
+    ABLATION_FIELDS = ("tasks", "run_dir", "modes", "seeds", "steps", "budget_seconds", "timing_steps", "seen_tasks",
+                       "gauge_test", "study")
 
     def __post_init__(self):
         unknown = [m for m in self.modes if m not in MODES]

@@ -67,6 +67,8 @@ def test_train_lowers_the_loss_with_the_documented_schedule(zoo, tmp_path):
     print(f"loss {early:.4f} -> {late:.4f}")
     assert late < 0.7 * early
     assert state.best_loss == min(state.loss_history)
+    steps = np.asarray(state.step_seconds)  # each step's wall time; the first compiles
+    assert len(steps) == 120 and steps.min() > 0 and steps.sum() <= state.seconds and steps[0] > np.median(steps[1:])
 
 
 def test_resumed_run_equals_an_uninterrupted_one(zoo, tmp_path):
@@ -80,6 +82,7 @@ def test_resumed_run_equals_an_uninterrupted_one(zoo, tmp_path):
     resumed = generator(cfg)  # a fresh process: new generator, same config
     state = train(resumed, ds, cfg, show_progress=False)
     assert state.step == STEPS and state.loss_history[:4] == full.loss_history[:4]
+    assert len(state.step_seconds) == STEPS  # the checkpoint's 4 and the resumed steps
     assert np.allclose(state.loss_history, full.loss_history, rtol=1e-6, atol=0)
     diff = max_diff(params_of(resumed), params_of(whole))
     print(f"resumed vs uninterrupted: max |Δparam| {diff:.2e}")

@@ -271,7 +271,7 @@ def ablation(study, tmp_path_factory):
 
     tiny, cfg, _, _ = study
     abl = AblationConfig(run_dir=str(tmp_path_factory.mktemp("ablations")), modes=tuple(MODES),
-                         seeds=(0,), steps=3, seen_tasks=1, study=cfg)
+                         seeds=(0,), steps=3, timing_steps=2, seen_tasks=1, study=cfg)
     return tiny, abl, supervision.run(abl, base_model=tiny, show_progress=False)
 
 
@@ -287,15 +287,15 @@ def test_ablation_writes_every_mode_comparison_and_metric(ablation):
         + [("gauge", "delta_w"), ("gauge", "weight_only")])
     for r in rows:
         assert r["seeds"] == 1 and np.isfinite(r["final_loss"]) and -1 <= r["delta_w_cosine"] <= 1
-        if r["comparison"] == "budget":  # delta_w's training time over the mode's own measured time per step
-            steps_row = lambda m: next(x for x in rows if (x["comparison"], x["mode"]) == ("steps", m))
-            budget = steps_row("delta_w")["seconds_per_step"] * abl.steps  # what delta_w's training took
-            n = max(1, int(budget / steps_row(r["mode"])["seconds_per_step"] + 1e-6))
-            assert r["steps"] == budget_steps(result["trials"], abl, r["mode"]) in (n - 1, n, n + 1)
+        if r["comparison"] == "budget":  # delta_w's steps at its timed step, over the mode's timed step
+            assert r["steps"] == budget_steps(result["step_seconds"], abl, r["mode"])
             if r["mode"] == "delta_w":  # its own budget: the steps trial itself, not trained again
                 assert r["steps"] == abl.steps
         else:
             assert r["steps"] == abl.steps
+    assert json.load(open(os.path.join(abl.run_dir, "step_seconds.json"))) == result["step_seconds"]
+    assert set(result["step_seconds"]) == set(MODES) and all(v > 0 for v in result["step_seconds"].values())
+    assert not [f for f in os.listdir(abl.run_dir) if f.startswith("timing-")]  # timing runs leave nothing
     with open(os.path.join(abl.run_dir, "summary.csv")) as f:
         table = list(csv.DictReader(f))
     assert len(table) == len(rows) and set(METRICS) <= set(table[0])

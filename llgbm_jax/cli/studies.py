@@ -174,7 +174,10 @@ def add_ablations(ap):
     ap.add_argument("--seeds", nargs="+", type=int, default=list(d.seeds))
     ap.add_argument("--steps", type=int, default=d.steps, help="generator steps (same-steps comparison)")
     ap.add_argument("--budget-seconds", type=float, default=d.budget_seconds,
-                    help="training time per generator (same-budget comparison; default: delta_w's time for --steps)")
+                    help="training time per generator, compiles excluded (same-budget comparison; default: "
+                         "--steps steps of delta_w)")
+    ap.add_argument("--timing-steps", type=int, default=d.timing_steps,
+                    help="steps per mode that time a step for the budget (saved in RUN_DIR/step_seconds.json)")
     ap.add_argument("--seen-tasks", type=int, default=d.seen_tasks, help="seen tasks whose accuracy is measured")
     ap.add_argument("--eval-samples", type=int, default=d.study.eval_samples, help="test questions per task")
     ap.add_argument("--no-gauge-test", action="store_true")
@@ -193,7 +196,8 @@ def run_ablations(args):
     study = dataclasses.replace(d.study, run_dir=args.study_dir, zoo_dir=args.zoo_dir,
                                 kinds=tuple(args.kinds) if args.kinds else None, eval_samples=args.eval_samples)
     cfg = AblationConfig(run_dir=args.run_dir, modes=tuple(args.modes), seeds=tuple(args.seeds), steps=args.steps,
-                         budget_seconds=args.budget_seconds, seen_tasks=args.seen_tasks,
+                         budget_seconds=args.budget_seconds,
+                         timing_steps=args.timing_steps, seen_tasks=args.seen_tasks,
                          gauge_test=not args.no_gauge_test, study=study)
     run(cfg, show_progress=not args.no_progress)
     return 0

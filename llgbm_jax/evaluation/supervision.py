@@ -3,8 +3,8 @@
 On the unseen-tasks study's zoo and split (`llgbm_jax.evaluation.unseen`), a generator is trained on the seen
 tasks under each supervision mode of `llgbm_jax.ablations.MODES` (raw factors, ΔW, behaviour, both, end to end,
 end to end + ΔW), per seed, twice: at the same number of steps (``steps``) and at the same wall-clock budget
-(``budget_seconds``, by default the time ``delta_w`` took for ``steps`` steps; each mode gets as many steps as
-its own measured time per step allows, and a budget trial with the steps trial's step count is that trial).
+(``budget_seconds``, by default ``steps`` steps of ``delta_w``; each mode gets as many steps as its own time per
+step allows, timed once by `step_seconds`, and a budget trial with the steps trial's step count is that trial).
 Each trial records its final loss, ΔW cosine and relative error to the seen tasks' held-out teachers, the
 behavioural delta cosine to its own task's teachers and to the others', and accuracy on seen tasks (generated
 from held-out prompts, beside base and the task's teacher) and on the held-out tasks (generated from examples and
@@ -24,6 +24,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import os
+import tempfile
 import time
 from typing import Any
 
@@ -131,20 +132,30 @@ def group_gains(trial: dict, split) -> dict[str, float]:
     return out
 
 
-def budget_steps(trials: list[dict], ablation, mode: str) -> int:
-    """The same-budget comparison's steps for ``mode``, one count for every seed: ``ablation.budget_seconds``
-    (default: the time ``delta_w``'s steps trial took) over the time per step ``mode``'s steps trial measured, both
-    of the first seed, so that a later seed's time (its generator perhaps trained by the unseen study on a busy
-    machine) changes no budget and adding seeds leaves the finished budget trials as they are."""
-    seed = ablation.seeds[0]
-    steps_trial = lambda m: next(t for t in trials if (t["comparison"], t["mode"], t["seed"]) == ("steps", m, seed))
-    budget = ablation.budget_seconds
-    if budget is None:
-        if "delta_w" not in ablation.modes:
-            raise ValueError("budget_seconds=None takes the budget from delta_w's trials: add delta_w to the modes "
-                             "or set budget_seconds")
-        budget = steps_trial("delta_w")["train_seconds"]
-    return max(1, int(budget / steps_trial(mode)["seconds_per_step"] + 1e-6))
+def step_seconds(study, ablation, *, show_progress: bool = True) -> dict[str, float]:
+    """Seconds per generator step of each mode (and of ``delta_w``, which sets the default budget) on this machine:
+    ``ablation.timing_steps`` steps of each, back to back in this process, the median after the first (compiling)
+    step. Saved in ``run_dir/step_seconds.json`` and reused, so adding seeds or modes leaves finished budget trials
+    as they are (delete it to time again). Long trials are no clock: a busy machine slows them by 2-3x."""
+    from llgbm_jax.evaluation.unseen import train_generator
+
+    path = os.path.join(ablation.run_dir, "step_seconds.json")
+    seconds = read_json(path) if os.path.isfile(path) else {}
+    needed = (("delta_w",) if ablation.budget_seconds is None else ()) + tuple(ablation.modes)
+    for mode in dict.fromkeys(m for m in needed if m not in seconds):
+        with tempfile.TemporaryDirectory(dir=ablation.run_dir, prefix="timing-") as tmp:
+            _, _, state = train_generator(study, ablation.seeds[0], mode=mode, steps=ablation.timing_steps + 1,
+                                          run_dir=tmp, run_name=mode, show_progress=show_progress)
+        seconds[mode] = float(np.median(state.step_seconds[1:]))
+        write_json_atomic(path, seconds)
+    return seconds
+
+
+def budget_steps(seconds: dict[str, float], ablation, mode: str) -> int:
+    """The same-budget comparison's steps for ``mode`` (every seed): ``ablation.budget_seconds`` (default: ``steps``
+    steps of ``delta_w``) over the mode's time per step, both from `step_seconds`."""
+    budget = ablation.budget_seconds if ablation.budget_seconds is not None else ablation.steps * seconds["delta_w"]
+    return max(1, int(budget / seconds[mode] + 1e-6))
 
 
 def summary_rows(trials: list[dict]) -> list[dict]:
@@ -259,9 +270,10 @@ def run(ablation, *, base_model=None, show_progress: bool = True) -> dict[str, A
         study, ablation, comparison, mode, seed, steps, seen_tasks, show_progress=show_progress, gauge=gauge)
     trials = [trial("steps", m, s, ablation.steps) for m in ablation.modes for s in ablation.seeds]
     by_steps = {(t["mode"], t["seed"]): t for t in trials}
-    for m in ablation.modes:  # the same wall-clock budget: each mode's own time per step, as measured above
+    seconds = step_seconds(study, ablation, show_progress=show_progress)
+    for m in ablation.modes:  # the same wall-clock budget: each mode's own time per step
+        n = budget_steps(seconds, ablation, m)
         for s in ablation.seeds:
-            n = budget_steps(trials, ablation, m)
             trials.append({**by_steps[m, s], "comparison": "budget"} if n == ablation.steps
                           else trial("budget", m, s, n))
     if ablation.gauge_test:
@@ -271,7 +283,7 @@ def run(ablation, *, base_model=None, show_progress: bool = True) -> dict[str, A
         t["metrics"].update(group_gains(t, study.split))
     rows = summary_rows(trials)
     results = {"config": ablation.to_dict(), "seen_tasks": seen_tasks, "heldout_tasks": study.heldout,
-               "summary": rows,
+               "step_seconds": seconds, "summary": rows,
                "versus_delta_w": {c: versus_delta_w(trials, c, study.split) for c in ("steps", "budget")},
                "gauge": gauge_report(trials), "trials": trials, "seconds": time.perf_counter() - t0}
     write_json_atomic(os.path.join(ablation.run_dir, "results.json"), results)

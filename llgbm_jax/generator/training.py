@@ -55,6 +55,7 @@ class TrainingState:
     best_loss: float = float("inf")
     data_state: dict[str, int] = dataclasses.field(default_factory=dict)
     seconds: float = 0.0
+    step_seconds: list[float] = dataclasses.field(default_factory=list)  # wall time of each step (compiles included)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -198,6 +199,7 @@ def train(generator, dataset, config: TrainingConfig, *, loss: MultiTaskLoss | N
         return jax.device_put(jax.tree_util.tree_map(lambda *xs: np.stack(xs), *micro), split_along(mesh, 1))
 
     bar = tqdm(total=config.num_steps, initial=state.step, disable=not show_progress, desc="generator")
+    last = time.perf_counter()
     try:
         upcoming = next_micro_batches(state.step) if state.step < config.num_steps else None
         while state.step < config.num_steps:
@@ -205,6 +207,7 @@ def train(generator, dataset, config: TrainingConfig, *, loss: MultiTaskLoss | N
             data_state = batches.state()  # the position after this step's batches
             upcoming = next_micro_batches(state.step + 1) if state.step + 1 < config.num_steps else None  # meanwhile
             loss = float(m["loss"])
+            step_seconds = time.perf_counter() - last
             if not np.isfinite(loss):
                 raise TrainingDiverged(f"step {state.step + 1}: the loss is {loss} (terms: "
                                        f"{ {t: float(v) for t, v in m.items() if t.startswith('loss_')} }); "
@@ -218,6 +221,7 @@ def train(generator, dataset, config: TrainingConfig, *, loss: MultiTaskLoss | N
             state.best_loss = min(state.best_loss, loss)
             state.data_state = data_state
             state.seconds = time.perf_counter() - t0
+            state.step_seconds.append(step_seconds)
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4g}", gnorm=f"{state.grad_norm_history[-1]:.3g}")
             if state.step % config.checkpoint_every == 0 or state.step == config.num_steps:
@@ -225,6 +229,7 @@ def train(generator, dataset, config: TrainingConfig, *, loss: MultiTaskLoss | N
                 last_saved = state.step
             if stop_after is not None and state.step >= stop_after:
                 break
+            last = time.perf_counter()
     finally:
         bar.close()
         ckpt.close()
