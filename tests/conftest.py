@@ -150,19 +150,24 @@ def smollm2():
     return load_base_model("smollm2-135m-instruct")
 
 
+def tiny_llama_with_smollm2_vocab(smollm2, folder, *, seed: int = 3, **overrides):
+    """A tiny random Llama with SmolLM2's vocabulary, saved to ``folder``: ``(torch_model, BaseModel)`` on the same
+    weights with SmolLM2's tokenizer (ids 1/2 are <|im_start|>/<|im_end|> in both)."""
+    from llgbm_jax.base.model import BaseModel, load_base_model
+
+    torch_model = make_tiny_torch_model("llama", seed=seed, vocab_size=smollm2.config.vocab_size, hidden_size=32,
+                                        intermediate_size=48, num_attention_heads=2, num_key_value_heads=1,
+                                        bos_token_id=1, eos_token_id=2, pad_token_id=2, **overrides)
+    torch_model.save_pretrained(folder)
+    weights = load_base_model(str(folder))
+    return torch_model, BaseModel(weights.config, weights.params, smollm2.tokenizer, name="tiny-llama")
+
+
 @pytest.fixture(scope="session")
 def tiny_smollm2_vocab(smollm2, tmp_path_factory):
     """A tiny random Llama with SmolLM2's vocabulary and tokenizer (fast to train and score):
     ``(torch_model, BaseModel)`` on the same weights."""
-    from llgbm_jax.base.model import BaseModel, load_base_model
-
-    torch_model = make_tiny_torch_model("llama", seed=3, vocab_size=smollm2.config.vocab_size, hidden_size=32,
-                                        intermediate_size=48, num_attention_heads=2, num_key_value_heads=1,
-                                        bos_token_id=1, eos_token_id=2, pad_token_id=2)
-    folder = tmp_path_factory.mktemp("tiny-smollm2-vocab")
-    torch_model.save_pretrained(folder)
-    weights = load_base_model(str(folder))
-    return torch_model, BaseModel(weights.config, weights.params, smollm2.tokenizer, name="tiny-llama")
+    return tiny_llama_with_smollm2_vocab(smollm2, tmp_path_factory.mktemp("tiny-smollm2-vocab"))
 
 
 @pytest.fixture(scope="session")
@@ -183,12 +188,9 @@ def smollm2_torch():
 def tiny_folder(smollm2, tmp_path_factory):
     """``(folder, torch_model, ours)``: a tiny random Llama with SmolLM2's vocabulary and tokenizer saved as
     a Hugging Face folder (so a run config can name it as its base model), and our `BaseModel` of it."""
-    torch_model = make_tiny_torch_model("llama", seed=5, vocab_size=smollm2.config.vocab_size, hidden_size=32,
-                                        intermediate_size=48, num_attention_heads=2, num_key_value_heads=1,
-                                        bos_token_id=1, eos_token_id=2, pad_token_id=2, initializer_range=0.3)
-    folder = str(tmp_path_factory.mktemp("tiny-verify"))
-    torch_model.save_pretrained(folder)
-    smollm2.tokenizer.save_pretrained(folder)
     from llgbm_jax.base import load_base_model
 
+    folder = str(tmp_path_factory.mktemp("tiny-verify"))
+    torch_model, _ = tiny_llama_with_smollm2_vocab(smollm2, folder, seed=5, initializer_range=0.3)
+    smollm2.tokenizer.save_pretrained(folder)
     return folder, torch_model, load_base_model(folder)

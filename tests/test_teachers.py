@@ -27,7 +27,7 @@ import pytest
 import torch
 
 from llgbm_jax import tasks, teachers
-from llgbm_jax.base.model import BaseModel, load_base_model
+from llgbm_jax.base.model import BaseModel
 from llgbm_jax.lora.adapter import LoRAConfig, init_lora
 from llgbm_jax.lora.peft import load_peft_adapter, save_peft_adapter
 from llgbm_jax.scoring import accuracy as ev
@@ -35,7 +35,8 @@ from llgbm_jax.tasks.registry import get_task
 from llgbm_jax.utils import optim
 from llgbm_jax.utils.io import content_key
 
-from conftest import DATA_DIR, hf_logits, load_in_peft, make_tiny_torch_model, max_diff_real, torch_option_logliks
+from conftest import (DATA_DIR, hf_logits, load_in_peft, max_diff_real,
+                      tiny_llama_with_smollm2_vocab, torch_option_logliks)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOSS_TOL = 1e-5  # |our sft_loss - transformers/PEFT loss|, float32, tiny model
@@ -48,14 +49,8 @@ SHORT = teachers.TeacherConfig(rank=4, alpha=8.0, steps=6, warmup_steps=1, save_
 def tiny(smollm2, tmp_path_factory):
     """``(torch_model, ours)``: a tiny random Llama with SmolLM2's vocabulary, our `BaseModel` of the same
     weights with SmolLM2's tokenizer (ids 1/2 are <|im_start|>/<|im_end|> in both)."""
-    torch_model = make_tiny_torch_model("llama", seed=7, vocab_size=smollm2.config.vocab_size, hidden_size=32,
-                                        intermediate_size=48, num_attention_heads=2, num_key_value_heads=1,
-                                        bos_token_id=1, eos_token_id=2, pad_token_id=2,
-                                        initializer_range=0.3)  # peaked, not near-uniform, next-token distributions
-    folder = tmp_path_factory.mktemp("tiny-smollm2-vocab")
-    torch_model.save_pretrained(folder)
-    weights = load_base_model(str(folder))
-    return torch_model, BaseModel(weights.config, weights.params, smollm2.tokenizer, name="tiny-llama")
+    return tiny_llama_with_smollm2_vocab(smollm2, tmp_path_factory.mktemp("tiny-smollm2-vocab"), seed=7,
+                                         initializer_range=0.3)  # peaked, not near-uniform, next tokens
 
 
 @pytest.fixture(scope="module")
