@@ -263,6 +263,10 @@ def test_ablation_trial_at_the_studys_steps_is_the_studys_generator(study, tmp_p
     other = supervision.run_trial(s, abl, "steps", "delta_w", 0, cfg.steps - 1, s.seen[:1], show_progress=False)
     assert os.path.isdir(os.path.join(abl.run_dir, "steps", "delta_w", "seed0", "checkpoints"))
     assert len(other["loss_history"]) == cfg.steps - 1
+    # A run shorter than the study's warm-up (a budget or timing run) gets its own schedule.
+    longer = dataclasses.replace(s, config=dataclasses.replace(cfg, steps=200))  # warm-up 20 steps
+    _, _, short = unseen.train_generator(longer, 0, steps=3, run_dir=str(tmp_path / "short"), show_progress=False)
+    assert short.step == 3 and max(short.lr_history) == pytest.approx(cfg.learning_rate)
 
 
 @pytest.fixture(scope="module")

@@ -67,13 +67,15 @@ def zoo_config(config: UnseenConfig):
     return dataclasses.replace(PRESETS[config.zoo_preset], model=config.model, tasks=study_tasks(config))
 
 
-def training_config(config: UnseenConfig, seed: int):
-    """The generator's `TrainingConfig` for one seed (caches shared by the seeds)."""
+def training_config(config: UnseenConfig, seed: int, steps: int | None = None):
+    """The generator's `TrainingConfig` for one seed (caches shared by the seeds); ``steps`` (default
+    ``config.steps``) sets the schedule: warm-up for a tenth of it, at most 30 steps."""
     from llgbm_jax.generator.config import TrainingConfig
 
     run = os.path.join(config.generators_dir, f"seed{seed}")
     cache = os.path.join(config.run_dir, "cache")
-    return TrainingConfig(base_model=config.model, num_steps=config.steps, warmup_steps=min(30, config.steps // 10),
+    steps = steps or config.steps
+    return TrainingConfig(base_model=config.model, num_steps=steps, warmup_steps=min(30, steps // 10),
                           learning_rate=config.learning_rate, num_prompts_per_adapter=config.num_prompts,
                           description_share=config.description_share, generator_hidden=config.generator_hidden,
                           num_probes=config.num_probes, max_probe_length=config.max_probe_length,
@@ -416,10 +418,10 @@ def train_generator(study: Study, seed: int, *, mode: str | None = None, steps: 
     from llgbm_jax.generator.model import create_generator
     from llgbm_jax.generator.training import train
 
-    cfg = training_config(study.config, seed)
+    cfg = training_config(study.config, seed, steps)
     run = os.path.join(run_dir or study.config.generators_dir, run_name or f"seed{seed}")
-    cfg = cfg.replace(batch_size=min(cfg.batch_size, len(study.seen)), num_steps=steps or cfg.num_steps,
-                      output_dir=run, checkpoint_dir=os.path.join(run, "checkpoints"))
+    cfg = cfg.replace(batch_size=min(cfg.batch_size, len(study.seen)), output_dir=run,
+                      checkpoint_dir=os.path.join(run, "checkpoints"))
     cfg = mode_config(cfg, mode or study.config.mode)
     comp = setup_base_components(AblationConfig(tasks=tuple(study.seen)), cfg, base_model=study.base_model,
                                  show_progress=show_progress)
