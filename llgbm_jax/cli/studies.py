@@ -196,8 +196,7 @@ def run_ablations(args):
     study = dataclasses.replace(d.study, run_dir=args.study_dir, zoo_dir=args.zoo_dir,
                                 kinds=tuple(args.kinds) if args.kinds else None, eval_samples=args.eval_samples)
     cfg = AblationConfig(run_dir=args.run_dir, modes=tuple(args.modes), seeds=tuple(args.seeds), steps=args.steps,
-                         budget_seconds=args.budget_seconds,
-                         timing_steps=args.timing_steps, seen_tasks=args.seen_tasks,
+                         budget_seconds=args.budget_seconds, timing_steps=args.timing_steps, seen_tasks=args.seen_tasks,
                          gauge_test=not args.no_gauge_test, study=study)
     run(cfg, show_progress=not args.no_progress)
     return 0
