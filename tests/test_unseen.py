@@ -138,6 +138,8 @@ def test_study_scores_every_variant_on_every_heldout_task(study):
     diffs = [np.mean(result["hits"][t]["generated"]["cloze"], axis=0) - np.asarray(result["hits"][t]["base"]["cloze"])
              for t in split.heldout]
     assert pooled["gain_over_base"]["generated"]["gain"] == pytest.approx(float(np.mean(np.concatenate(diffs))))
+    per_seed = pooled["per_seed_gain"]["generated"]  # each seed's own gain; their mean is the pooled gain
+    assert len(per_seed) == 2 and np.mean(per_seed) == pytest.approx(pooled["gain_over_base"]["generated"]["gain"])
     seen = result["seen"]  # the generator's fit on its training tasks (held-out prompts), cloze
     assert seen["tasks"] == list(split.seen) and seen["generated"]["n"] == seen["teacher"]["n"] == 3 * len(split.seen)
     assert all(len(h["generated"]) == 2 and len(h["base"]) == len(h["teacher"]) == 3 for h in seen["hits"].values())
@@ -319,6 +321,13 @@ def test_ablation_writes_every_mode_comparison_and_metric(ablation):
     for t in trials:  # per-group gains pool the group's questions
         for g in ("inside", "outside", "kind"):
             assert (t["metrics"][f"unseen_{g}_gain"] is None) == (not getattr(split, g))
+    for t in trials:  # one seed: the gains pooled over seeds are the trial's own
+        p = result["pooled"][f"{t['comparison']}/{t['mode']}"]
+        assert p["seeds"] == [0]
+        for name, metric in (("seen", "seen_gain"), ("unseen", "unseen_gain")):
+            assert p["generated"][name]["gain"] == pytest.approx(t["metrics"][metric])
+        assert p["generated"]["unseen"]["n"] == versus["unseen"]["n"]
+        assert p["minus"]["multitask"]["unseen"]["gain"] == pytest.approx(t["metrics"]["unseen_minus_multitask"])
 
 
 def test_gauge_transformed_zoo_gives_delta_w_the_same_generator_and_weight_only_another(ablation):

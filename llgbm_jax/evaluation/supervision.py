@@ -198,6 +198,60 @@ def versus_delta_w(trials: list[dict], comparison: str, split) -> dict[str, dict
     return out
 
 
+def pooled_gains(trials: list[dict], split) -> dict[str, dict]:
+    """Cloze gains with paired standard errors pooled over tasks, each question's hits first averaged over the
+    seeds: per ``comparison/mode`` the generated adapter's (and random text's) gain over base on the seen tasks,
+    on all held-out tasks (``unseen``) and per held-out group, and its difference to each baseline; under
+    ``baselines`` the seen tasks' teachers and the held-out oracle, mean of the teachers and multi-task LoRA."""
+    from llgbm_jax.evaluation.unseen import pooled
+    from llgbm_jax.tasks.family_splits import GROUPS
+
+    first = trials[0]
+    seen_base, unseen_base = first["seen_hits"]["base"], first["unseen_hits"]["base"]
+    seen = {"seen": list(seen_base)}
+    unseen = {"unseen": list(unseen_base), **{f"unseen_{g}": [t for t in unseen_base if split.group(t) == g]
+                                              for g in GROUPS}}
+    mean = lambda per_seed, t: np.mean([np.asarray(h[t], float) for h in per_seed], axis=0)
+    gains = lambda per_seed, ref, parts: {p: pooled([mean(per_seed, t) - mean(ref, t) for t in tasks])
+                                          for p, tasks in parts.items() if tasks}
+    baselines = ("oracle", "mean_teachers", "multitask")
+    out: dict[str, dict] = {"baselines": {
+        "teacher": gains([first["seen_hits"]["teacher"]], [seen_base], seen),
+        **{v: gains([first["unseen_hits"][v]], [unseen_base], unseen) for v in baselines}}}
+    for c, m in dict.fromkeys((t["comparison"], t["mode"]) for t in trials):
+        group = [t for t in trials if (t["comparison"], t["mode"]) == (c, m)]
+        gen = [t["unseen_hits"]["generated"] for t in group]
+        random_text = [t["unseen_hits"]["random_text"] for t in group]
+        out[f"{c}/{m}"] = {
+            "seeds": [t["seed"] for t in group],
+            "generated": {**gains([t["seen_hits"]["generated"] for t in group], [seen_base], seen),
+                          **gains(gen, [unseen_base], unseen)},
+            "random_text": gains(random_text, [unseen_base], unseen),
+            "minus": {"random_text": gains(gen, random_text, unseen),
+                      **{v: gains(gen, [first["unseen_hits"][v]], unseen) for v in baselines[1:]}}}
+    return out
+
+
+def format_pooled(pooled_out: dict[str, dict]) -> str:
+    """The pooled gains as a table (gain ± paired SE, n in the header)."""
+    pm = lambda v: "-" if v is None else f"{v['gain']:+.3f} ± {v['se']:.3f}"
+    cols = ("seen", "unseen", "unseen_inside", "unseen_outside", "unseen_kind")
+    some = next(v["generated"] for k, v in pooled_out.items() if k != "baselines")
+    head = " ".join(f"{c.replace('unseen_', '') + ' n ' + str(some[c]['n'] if c in some else 0):>15}" for c in cols)
+    lines = ["pooled over seeds, cloze gain over base ± paired SE",
+             f"{'':<24} {'seeds':>5} {head} {'- multi, inside':>16}"]
+    for name, v in pooled_out.items():
+        if name == "baselines":
+            continue
+        minus = v["minus"]["multitask"].get("unseen_inside")
+        lines.append(f"{name:<24} {len(v['seeds']):>5} " + " ".join(f"{pm(v['generated'].get(c)):>15}" for c in cols)
+                     + f" {pm(minus):>16}")
+        lines.append(f"{'  random text':<24} {'':>5} " + " ".join(f"{pm(v['random_text'].get(c)):>15}" for c in cols))
+    for b, v in pooled_out["baselines"].items():
+        lines.append(f"{b:<24} {'':>5} " + " ".join(f"{pm(v.get(c)):>15}" for c in cols))
+    return "\n".join(lines)
+
+
 def gauge_report(trials: list[dict]) -> dict[str, dict]:
     """Per gauge mode: the largest relative difference of the loss curve on the gauge-transformed zoo to the
     one on the original zoo (same seed and steps), and the accuracy change on unseen tasks."""
@@ -284,11 +338,13 @@ def run(ablation, *, base_model=None, show_progress: bool = True) -> dict[str, A
     rows = summary_rows(trials)
     results = {"config": ablation.to_dict(), "seen_tasks": seen_tasks, "heldout_tasks": study.heldout,
                "step_seconds": seconds, "summary": rows,
+               "pooled": pooled_gains(trials, study.split),
                "versus_delta_w": {c: versus_delta_w(trials, c, study.split) for c in ("steps", "budget")},
                "gauge": gauge_report(trials), "trials": trials, "seconds": time.perf_counter() - t0}
     write_json_atomic(os.path.join(ablation.run_dir, "results.json"), results)
     write_summary_csv(rows, os.path.join(ablation.run_dir, "summary.csv"))
     print(format_rows(rows))
+    print(format_pooled(results["pooled"]))
     for c, modes in results["versus_delta_w"].items():
         print(f"{c}: minus delta_w, cloze, paired and pooled over seeds: " + "; ".join(
             f"{m} " + ", ".join(f"{p} {v[p]['gain']:+.3f} ± {v[p]['se']:.3f}"

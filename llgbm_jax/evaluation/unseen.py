@@ -271,6 +271,9 @@ def summarize(hits: dict, split, scores=SCORES) -> dict[str, Any]:
             r = {"gain_over_base": {v: pooled(diff(v, "base")) for v in VARIANTS if v != "base"},
                  "generated_minus": {v: pooled(diff("generated", v)) for v in VARIANTS
                                      if v not in ("base", "generated")}}
+            seed_gains = lambda v: [pooled([np.asarray(hits[t][v][s], np.float64)[i] - mean_hits[t]["base"][s]
+                                            for t in tasks])["gain"] for i in range(len(hits[tasks[0]][v][s]))]
+            r["per_seed_gain"] = {v: seed_gains(v) for v in GENERATED if v in mean_hits[tasks[0]]}
             oracle = r["gain_over_base"]["oracle"]["gain"]
             r["recovered"] = r["gain_over_base"]["generated"]["gain"] / oracle if oracle > 0 else None
             row[s] = r
@@ -306,6 +309,10 @@ def format_results(summary: dict) -> str:
         for g, row in summary["groups"].items():
             m = row[s]["generated_minus"]
             lines.append(f"  {g:<8} " + ", ".join(f"{v} {m[v]['gain']:+.3f} ± {m[v]['se']:.3f}" for v in m))
+        lines.append(f"gain over base per seed, in the order of the seeds ({s}):")
+        for g, row in summary["groups"].items():
+            lines.append(f"  {g:<8} " + ", ".join(f"{v} " + " ".join(f"{x:+.3f}" for x in gains)
+                                                  for v, gains in row[s]["per_seed_gain"].items()))
     return "\n".join(lines)
 
 
