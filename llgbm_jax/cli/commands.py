@@ -221,6 +221,7 @@ def run_zoo(args) -> dict:
     import time
 
     from llgbm_jax.cli.main import offline_unless_hub
+    from llgbm_jax.evaluation.unseen import format_kind_table, kind_table
     from llgbm_jax.tasks.registry import leakage_report
     from llgbm_jax.teachers.report import plot_loss_curves, preset_with, summary_table
     from llgbm_jax.teachers.zoo import build_zoo
@@ -253,6 +254,9 @@ def run_zoo(args) -> dict:
           f"min and test-set scoring {manifest.get('eval_seconds', 0) / 60:.1f} min; this call compiled "
           f"{manifest['compiled_programs']} XLA programs\n")
     print(summary_table(manifest))
+    kinds = kind_table(args.zoo_dir, cfg)
+    if kinds:
+        print("\nteachers per kind of the task family (cloze, test questions):\n" + format_kind_table(kinds))
     print(f"\nloss curves: {plot_loss_curves(args.zoo_dir, manifest, os.path.join(args.zoo_dir, 'loss_curves.png'))}")
     return manifest
 
