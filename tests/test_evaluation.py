@@ -325,3 +325,35 @@ def test_score_cache_reads_only_intact_entries_of_their_own_key(tmp_path):
         assert cache.get(key_b) is None
     cache.put(key_b, result[:1])  # recomputed and written again
     assert cache.get(key_b) == result[:1]
+
+
+def test_options_that_start_one_another_are_scored_as_whole_replies(tiny_smollm2_vocab):
+    """Summed log-probabilities alone can never rank "cam cam cam" above "cam cam" (its prefix). Such a question's
+    options are scored with the end-of-turn token appended (whole replies, as teachers are trained), equal to
+    transformers on the same weights; questions whose options do not start one another are scored as before."""
+    from llgbm_jax.evaluation.reference import torch_option_scores
+    from llgbm_jax.scoring.accuracy import has_prefix_option, option_scoring_key
+    from llgbm_jax.teachers.sft import end_of_turn_id
+
+    torch_model, model = tiny_smollm2_vocab
+    eot = end_of_turn_id(model)
+    for name, nested in (("fam_repeat_3", True), ("fam_reverse_words", False)):
+        task = get_task(name)
+        records = task.load("eval")[:4]
+        prompts = [task.format_prompt(r, model) for r in records]
+        options = [task.options(r) for r in records]
+        assert all(has_prefix_option(o) == nested for o in options)
+        assert option_scoring_key(task, records) == ({"whole_replies": True} if nested else {})
+        mine, _ = ev.score_options(model, prompts, options)
+        whole = torch_option_scores(torch_model, model.tokenizer, prompts, options, end_of_turn=eot)
+        summed = torch_option_scores(torch_model, model.tokenizer, prompts, options)
+        np.testing.assert_allclose(np.concatenate(mine), np.concatenate(whole), atol=1e-4, rtol=0)
+        if not nested:
+            np.testing.assert_array_equal(np.concatenate(whole), np.concatenate(summed))
+            continue
+        for opts, s in zip(options, summed):  # without the end token a prefix always wins
+            for i, a in enumerate(opts):
+                for j, b in enumerate(opts):
+                    if len(a) < len(b) and b.startswith(a):
+                        assert s[i] >= s[j]
+        assert np.abs(np.concatenate(whole) - np.concatenate(summed)).min() > 1e-3  # every option changed

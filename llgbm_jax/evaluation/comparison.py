@@ -282,6 +282,7 @@ def accuracy_table(base_model, v: Variants, config, requested_samples: int | Non
     a finished generator scores nothing again; on generation tasks the new adapters decode side by side."""
     from llgbm_jax.base.model import model_hash
     from llgbm_jax.lora.ops import lora_hash
+    from llgbm_jax.scoring.accuracy import option_scoring_key
     from llgbm_jax.tasks.registry import get_task
 
     scores = ScoreCache(os.path.join(config.cache_root, "scores"))
@@ -303,7 +304,8 @@ def accuracy_table(base_model, v: Variants, config, requested_samples: int | Non
                 ("generated", v.generated[t], None, [lora_hash(v.generated[t])]),
                 ("cross_task", v.cross(t), None, [lora_hash(v.cross(t))])):
             got = saved_details(saved, golds) if saved else None
-            ckey = {"model": mhash, "task": t, "questions": questions, "adapter": key}
+            ckey = {"model": mhash, "task": t, "questions": questions, "adapter": key,
+                    **option_scoring_key(task, records)}
             details[name] = got or scores.get(ckey)
             if details[name] is None:
                 todo[name] = (lora, ckey)

@@ -70,9 +70,10 @@ def torch_tokenizer(name_or_path: str):
 # --- task scoring in PyTorch (the reference for llgbm_jax.evaluation) ----------------------------------
 
 def torch_option_scores(model, tokenizer, prompts, options_per_prompt, *, batch_size: int = 16,
-                        show_progress: bool = False):
+                        show_progress: bool = False, end_of_turn: int | None = None):
     """Summed log-probability of each option string after each (already formatted) prompt, with a
-    transformers/PEFT ``model``: the reference for `llgbm_jax.evaluation.score_options`.
+    transformers/PEFT ``model``: the reference for `llgbm_jax.evaluation.score_options` (pass its
+    ``end_of_turn`` token, `llgbm_jax.teachers.sft.end_of_turn_id`, for questions whose options start one another).
 
     Prompt and option are tokenized jointly and split by `split_answer_tokens` (as ours does); every
     (prompt, option) pair is one full sequence, right padded, batched by length (``batch_size`` rows).
@@ -89,7 +90,7 @@ def torch_option_scores(model, tokenizer, prompts, options_per_prompt, *, batch_
         raise ValueError(f"{len(prompts)} prompts but {len(options_per_prompt)} option lists")
     rows = []  # (question, option, prefix length, full token sequence)
     for i, (p, opts) in enumerate(zip(prompts, options_per_prompt)):
-        prefix, toks, _ = split_answer_tokens(tokenizer, p, opts)
+        prefix, toks, _ = split_answer_tokens(tokenizer, p, opts, end_of_turn)
         rows += [(i, j, len(prefix), prefix + t) for j, t in enumerate(toks)]
     scores = [np.zeros(len(o), np.float64) for o in options_per_prompt]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0

@@ -223,13 +223,13 @@ def score(base_model, task: str, lora, n: int, exact_match: bool, cache) -> dict
     match), cached by adapter content."""
     from llgbm_jax.base.model import model_hash
     from llgbm_jax.lora.ops import lora_hash
-    from llgbm_jax.scoring.accuracy import compute_accuracy_with_lora, exact_match_accuracy
+    from llgbm_jax.scoring.accuracy import compute_accuracy_with_lora, exact_match_accuracy, option_scoring_key
     from llgbm_jax.tasks.registry import get_task
 
     t = get_task(task)
     records = t.load("eval")[:n]
     key = {"model": model_hash(base_model), "task": task, "questions": content_key([r["prompt"] for r in records]),
-           "adapter": lora_hash(lora), "exact_match": exact_match}
+           "adapter": lora_hash(lora), "exact_match": exact_match, **option_scoring_key(t, records)}
     got = cache.get(key)
     if got is None:
         got = {"cloze": [bool(d["correct"]) for d in compute_accuracy_with_lora(

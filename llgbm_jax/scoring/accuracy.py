@@ -102,13 +102,18 @@ def common_prefix_length(seqs: Sequence[Sequence[int]]) -> int:
     return n
 
 
-def split_answer_tokens(tokenizer, prompt: str, options: Sequence[str]) -> tuple[list[int], list[list[int]], bool]:
+def split_answer_tokens(tokenizer, prompt: str, options: Sequence[str],
+                        end_of_turn: int | None = None) -> tuple[list[int], list[list[int]], bool]:
     """Tokenize ``prompt + option`` jointly and split each into a shared prefix and the option's tokens.
 
     Normally the prefix is exactly the prompt's own tokens. If a BPE merge crosses the boundary
     for some option, the prefix falls back to the longest run of prompt tokens that every joint
     tokenization starts with, and the rest of the prompt is scored with each option (from the same
     context for all options); the flag ``clean`` is then False.
+
+    When one option's tokens start another's ("cat cat" and "cat cat cat"), the shorter one's summed
+    log-probability can never be lower, so ``end_of_turn`` (the token that ends a reply) is appended to every
+    option of that question: the options are then scored as whole replies. Other questions are unchanged.
     """
     enc = tokenizer([prompt] + [prompt + o for o in options], add_special_tokens=False)["input_ids"]
     p_ids, joint = enc[0], enc[1:]
@@ -118,7 +123,24 @@ def split_answer_tokens(tokenizer, prompt: str, options: Sequence[str]) -> tuple
         n = min(common_prefix_length([p_ids] + joint), min(len(j) for j in joint) - 1)
         if n <= 0:
             raise ValueError(f"prompt and options share no tokens: {prompt!r:.100} / {options}")
-    return joint[0][:n], [j[n:] for j in joint], clean
+    answers = [j[n:] for j in joint]
+    if end_of_turn is not None and has_prefix_option(answers):
+        answers = [a + [end_of_turn] for a in answers]
+    return joint[0][:n], answers, clean
+
+
+def has_prefix_option(answers: Sequence[Sequence[int]]) -> bool:
+    """Whether one option's tokens are a proper prefix of another's."""
+    return any(len(a) < len(b) and list(b[:len(a)]) == list(a) for a in answers for b in answers)
+
+
+def option_scoring_key(task, records: Sequence[Record]) -> dict[str, bool]:
+    """What a cache key of option scores needs besides the questions: ``{"whole_replies": True}`` when some cloze
+    record's options start one another (scored as whole replies since then, `split_answer_tokens`); else nothing,
+    so that keys of every other question set stay as they were."""
+    if task.task_type == "cloze" and any(has_prefix_option(task.options(r)) for r in records):
+        return {"whole_replies": True}
+    return {}
 
 
 def _pad_to(n: int, multiple: int | None) -> int:
@@ -151,7 +173,8 @@ def score_options(base_model, prompts: Sequence[str], options: Sequence[Sequence
                   batch_size: int = 8, pad_to_multiple_of: int = 32, share_prefix: bool = True,
                   show_progress: bool = False, desc: str = "scoring",
                   devices: int | None = None) -> tuple[list[np.ndarray], int]:
-    """Summed log-probability of each option string after each (already formatted) prompt.
+    """Summed log-probability of each option string after each (already formatted) prompt (with the end-of-turn
+    token where options start one another: `split_answer_tokens`).
 
     With ``share_prefix`` (and no per-question adapters), the token prefix common to all prompts
     (system message and template, about half of each prompt here) is run once and its KV cache reused.
@@ -165,7 +188,10 @@ def score_options(base_model, prompts: Sequence[str], options: Sequence[Sequence
         return [], 0
     if len(options) != n:
         raise ValueError(f"{n} prompts but {len(options)} option lists")
-    splits = [split_answer_tokens(base_model.tokenizer, p, o) for p, o in zip(prompts, options)]
+    from llgbm_jax.teachers.sft import end_of_turn_id
+
+    eot = end_of_turn_id(base_model)
+    splits = [split_answer_tokens(base_model.tokenizer, p, o, eot) for p, o in zip(prompts, options)]
     merges = sum(not clean for _, _, clean in splits)
     per_row = lora is not None and lora.batch_shape != ()
     s = 0

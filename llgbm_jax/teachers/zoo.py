@@ -137,7 +137,7 @@ def build_zoo(zoo_dir: str, cfg: ZooConfig, *, base_model=None, data_dir: str | 
     """
     from llgbm_jax.base.model import load_base_model
     from llgbm_jax.lora import LoRAConfig, load_peft_adapter, zeros_lora
-    from llgbm_jax.scoring.accuracy import compute_accuracy_with_lora, exact_match_accuracy
+    from llgbm_jax.scoring.accuracy import compute_accuracy_with_lora, exact_match_accuracy, option_scoring_key
     from llgbm_jax.scoring.stats import paired_gain
     from llgbm_jax.tasks.registry import get_task, leakage_report
 
@@ -158,7 +158,7 @@ def build_zoo(zoo_dir: str, cfg: ZooConfig, *, base_model=None, data_dir: str | 
         return content_key({"questions": list(records[:cfg.eval_samples_for(task)]),
                             "base_model": model_identity(base_model),
                             "max_new_tokens": cfg.gsm8k_max_new_tokens if gsm8k else None,
-                            "exact_match": with_exact_match(task)})
+                            "exact_match": with_exact_match(task), **option_scoring_key(task, records)})
 
     def with_exact_match(task) -> bool:
         return cfg.exact_match and getattr(task, "exact_match", False)
