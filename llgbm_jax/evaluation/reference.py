@@ -153,12 +153,14 @@ def torch_accuracy(model, tokenizer, task, records, prompt_model, *, batch_size:
     """Accuracy of a transformers/PEFT ``model`` on ``records`` of ``task`` (a `Task` or its name), scored
     as `llgbm_jax.evaluation.compute_accuracy_with_lora` scores: prompts by `Task.format_prompt(record,
     prompt_model)` (``prompt_model``: our `BaseModel`, whose chat template formats them), mcq/cloze/bool by
-    the highest summed option log-probability (`torch_option_scores`), gsm8k by greedy generation
+    the highest summed option log-probability (`torch_option_scores`, whole replies where options start one
+    another), gsm8k by greedy generation
     (`torch_generate_texts`) read with `Task.parse`. Returns ``accuracy``, ``correct``, ``total`` and
     per-question ``details`` (``pred``, ``gold``, ``correct``, and ``logprobs`` or ``text``)."""
     import numpy as np
 
     from llgbm_jax.tasks.registry import resolve_task
+    from llgbm_jax.teachers.sft import end_of_turn_id
 
     task = resolve_task(task)
     records = list(records)
@@ -171,7 +173,7 @@ def torch_accuracy(model, tokenizer, task, records, prompt_model, *, batch_size:
     else:
         options = [task.options(r) for r in records]
         scores = torch_option_scores(model, tokenizer, prompts, options, batch_size=batch_size,
-                                     show_progress=show_progress)
+                                     show_progress=show_progress, end_of_turn=end_of_turn_id(prompt_model))
         preds = [o[int(np.argmax(s))] for o, s in zip(options, scores)]
         extra = [{"logprobs": [float(x) for x in s]} for s in scores]
     details = [{"pred": p, "gold": task.answer(r), "correct": bool(task.is_correct(p, r)), **e}
