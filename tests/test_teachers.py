@@ -457,9 +457,25 @@ def test_build_zoo_manifest_and_no_retraining(tiny, small_data, tmp_path, monkey
     message = str(e.value)
     assert "arc_e/run0" in message and "arc_e/run1" in message and "--rebuild-stale" in message
     assert "data.fingerprint" in message and "data.records: 12 -> 11" in message
+    # Killed after its first rebuilt run, the call still adds its time to the zoo's wall-clock total.
+    seconds, trained = read_json(os.path.join(zoo_dir, "manifest.json"))["seconds"], []
+
+    def train_one_then_die(*args, **kwargs):
+        if trained:
+            raise Killed
+        trained.append(real_train_run(*args, **kwargs))
+        return trained[-1]
+
+    monkeypatch.setattr(teachers.zoo, "train_run", train_one_then_die)
+    with pytest.raises(Killed):
+        teachers.build_zoo(zoo_dir, cfg, base_model=ours, data_dir=small_data, show_progress=False,
+                           rebuild_stale=True)
+    killed = read_json(os.path.join(zoo_dir, "manifest.json"))["seconds"]
+    assert killed >= seconds + trained[0].seconds
     monkeypatch.setattr(teachers.zoo, "train_run", real_train_run)
     rebuilt = teachers.build_zoo(zoo_dir, cfg, base_model=ours, data_dir=small_data, show_progress=False,
                                  rebuild_stale=True)
+    assert rebuilt["seconds"] > killed
     assert rebuilt["leakage"]["arc_e"] == {"train_records": 24, "removed": 1, "kept": 23}
     chunks = teachers.chunk_records(get_task("arc_e").load("train", small_data), 2, cfg.seed)
     assert first not in chunks[0] + chunks[1]

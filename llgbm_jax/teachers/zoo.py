@@ -144,6 +144,7 @@ def build_zoo(zoo_dir: str, cfg: ZooConfig, *, base_model=None, data_dir: str | 
     t_start, compiles = time.perf_counter(), compile_stats.snapshot()
     base_model = base_model or load_base_model(cfg.model)
     manifest = read_manifest(zoo_dir)
+    seconds_before = manifest.get("seconds", 0.0)  # wall time of earlier calls, killed ones included
     manifest.update(model=cfg.model, config=cfg.to_dict(),
                     leakage=leakage_report(data_dir, cfg.tasks))
     # Tasks dropped from ``cfg`` leave the manifest (their folders stay on disk, unused).
@@ -246,6 +247,7 @@ def build_zoo(zoo_dir: str, cfg: ZooConfig, *, base_model=None, data_dir: str | 
                                 "metrics": metrics})
             manifest["adapters"] = [a for a in manifest["adapters"]
                                     if (a["task"], a["run"]) != (task_name, run_name)] + entries
+            manifest["seconds"] = seconds_before + time.perf_counter() - t_start  # a killed call keeps its time
             write_json_atomic(manifest_path(zoo_dir), manifest)
             if eval_records:
                 acc = final_metrics["test_accuracy"]
@@ -256,7 +258,7 @@ def build_zoo(zoo_dir: str, cfg: ZooConfig, *, base_model=None, data_dir: str | 
                     summary[-1].update(base_exact_match=base_cache[task_name]["exact_match"]["accuracy"],
                                        teacher_exact_match=acc["exact_match"]["accuracy"])
     manifest["summary"] = summary
-    manifest["seconds"] = manifest.get("seconds", 0.0) + time.perf_counter() - t_start
+    manifest["seconds"] = seconds_before + time.perf_counter() - t_start
     manifest["compiled_programs"] = (compile_stats.snapshot() - compiles).programs
     write_json_atomic(manifest_path(zoo_dir), manifest)
     return manifest
