@@ -333,7 +333,7 @@ def test_options_that_start_one_another_are_scored_as_whole_replies(tiny_smollm2
     transformers on the same weights; questions whose options do not start one another are scored as before."""
     from llgbm_jax.evaluation.reference import torch_option_scores
     from llgbm_jax.scoring.accuracy import has_prefix_option, option_scoring_key
-    from llgbm_jax.teachers.sft import end_of_turn_id
+    from llgbm_jax.tasks.formats import end_of_turn_id
 
     torch_model, model = tiny_smollm2_vocab
     eot = end_of_turn_id(model)

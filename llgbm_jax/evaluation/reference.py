@@ -73,7 +73,7 @@ def torch_option_scores(model, tokenizer, prompts, options_per_prompt, *, batch_
                         show_progress: bool = False, end_of_turn: int | None = None):
     """Summed log-probability of each option string after each (already formatted) prompt, with a
     transformers/PEFT ``model``: the reference for `llgbm_jax.evaluation.score_options` (pass its
-    ``end_of_turn`` token, `llgbm_jax.teachers.sft.end_of_turn_id`, for questions whose options start one another).
+    ``end_of_turn`` token, `llgbm_jax.tasks.formats.end_of_turn_id`, for questions whose options start one another).
 
     Prompt and option are tokenized jointly and split by `split_answer_tokens` (as ours does); every
     (prompt, option) pair is one full sequence, right padded, batched by length (``batch_size`` rows).
@@ -160,7 +160,7 @@ def torch_accuracy(model, tokenizer, task, records, prompt_model, *, batch_size:
     import numpy as np
 
     from llgbm_jax.tasks.registry import resolve_task
-    from llgbm_jax.teachers.sft import end_of_turn_id
+    from llgbm_jax.tasks.formats import end_of_turn_id
 
     task = resolve_task(task)
     records = list(records)

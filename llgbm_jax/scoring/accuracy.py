@@ -32,7 +32,7 @@ import numpy as np
 from llgbm_jax.base import decoder
 from llgbm_jax.lora.adapter import LoRA
 from llgbm_jax.scoring.stats import wilson_interval
-from llgbm_jax.tasks.formats import Record
+from llgbm_jax.tasks.formats import Record, end_of_turn_id
 from llgbm_jax.tasks.registry import Task, resolve_task
 from llgbm_jax.utils.compile_stats import reports_compilations
 from llgbm_jax.utils.mesh import BatchPlacer
@@ -188,8 +188,6 @@ def score_options(base_model, prompts: Sequence[str], options: Sequence[Sequence
         return [], 0
     if len(options) != n:
         raise ValueError(f"{n} prompts but {len(options)} option lists")
-    from llgbm_jax.teachers.sft import end_of_turn_id
-
     eot = end_of_turn_id(base_model)
     splits = [split_answer_tokens(base_model.tokenizer, p, o, eot) for p, o in zip(prompts, options)]
     merges = sum(not clean for _, _, clean in splits)

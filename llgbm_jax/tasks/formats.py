@@ -11,6 +11,7 @@ an answer from generated text.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from typing import Any, Sequence
@@ -219,3 +220,22 @@ def infer_task_type(records: Sequence[Record], name: str = "") -> str:
         return "gsm8k"
     raise ValueError(f"cannot infer the task type of {name or 'these records'}: responses are neither "
                      f"all [True]/[False], all [label] with option lines, all with 'options', nor all '#### <number>'")
+
+
+def end_of_turn_id(base_model) -> int:
+    """The token the chat template writes right after an assistant reply (``<|im_end|>`` for SmolLM2 and
+    Qwen), provided generation stops on it; otherwise the tokenizer's EOS, else the first EOS id.
+    (``eos_token_ids[0]`` alone can be ``<|endoftext|>``: Qwen's generation config lists both.)"""
+    return _end_of_turn(base_model.tokenizer, tuple(base_model.eos_token_ids))
+
+
+@functools.lru_cache(maxsize=8)
+def _end_of_turn(tok, eos_ids: tuple[int, ...]) -> int:
+    user = [{"role": "user", "content": "Hi"}]
+    prompt = tok.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
+    full = tok.apply_chat_template(user + [{"role": "assistant", "content": "OK"}], tokenize=False)
+    if full.startswith(prompt + "OK"):
+        rest = tok(full[len(prompt) + 2:], add_special_tokens=False)["input_ids"]
+        if rest and rest[0] in eos_ids:
+            return int(rest[0])
+    return int(tok.eos_token_id) if tok.eos_token_id in eos_ids else int(eos_ids[0])

@@ -19,31 +19,13 @@ import optax
 
 from llgbm_jax.base import decoder
 from llgbm_jax.lora.adapter import LoRA
+from llgbm_jax.tasks.formats import end_of_turn_id
 
 
 @dataclasses.dataclass(frozen=True)
 class SFTExample:
     ids: tuple[int, ...]
     num_prompt: int  # tokens before the first supervised token
-
-
-def end_of_turn_id(base_model) -> int:
-    """The token the chat template writes right after an assistant reply (``<|im_end|>`` for SmolLM2 and
-    Qwen), provided generation stops on it; otherwise the tokenizer's EOS, else the first EOS id.
-    (``eos_token_ids[0]`` alone can be ``<|endoftext|>``: Qwen's generation config lists both.)"""
-    return _end_of_turn(base_model.tokenizer, tuple(base_model.eos_token_ids))
-
-
-@functools.lru_cache(maxsize=8)
-def _end_of_turn(tok, eos_ids: tuple[int, ...]) -> int:
-    user = [{"role": "user", "content": "Hi"}]
-    prompt = tok.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
-    full = tok.apply_chat_template(user + [{"role": "assistant", "content": "OK"}], tokenize=False)
-    if full.startswith(prompt + "OK"):
-        rest = tok(full[len(prompt) + 2:], add_special_tokens=False)["input_ids"]
-        if rest and rest[0] in eos_ids:
-            return int(rest[0])
-    return int(tok.eos_token_id) if tok.eos_token_id in eos_ids else int(eos_ids[0])
 
 
 def encode_sft(base_model, task, record: dict, max_seq_len: int) -> SFTExample | None:
