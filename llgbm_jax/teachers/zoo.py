@@ -156,10 +156,10 @@ def build_zoo(zoo_dir: str, cfg: ZooConfig, *, base_model=None, data_dir: str | 
 
     def eval_key(task, records) -> str:
         gsm8k = task.task_type == "gsm8k"
-        return content_key({"questions": list(records[:cfg.eval_samples_for(task)]),
-                            "base_model": model_identity(base_model),
+        scored = list(records[:cfg.eval_samples_for(task)])
+        return content_key({"questions": scored, "base_model": model_identity(base_model),
                             "max_new_tokens": cfg.gsm8k_max_new_tokens if gsm8k else None,
-                            "exact_match": with_exact_match(task), **option_scoring_key(task, records)})
+                            "exact_match": with_exact_match(task), **option_scoring_key(task, scored)})
 
     def with_exact_match(task) -> bool:
         return cfg.exact_match and getattr(task, "exact_match", False)
