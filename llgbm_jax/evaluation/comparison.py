@@ -294,6 +294,7 @@ def accuracy_table(base_model, v: Variants, config, requested_samples: int | Non
         records = task.load("eval", config.data_dir)[:accuracy_samples(config.zoo_dir, task, requested_samples)]
         golds = [task.answer(r) for r in records]
         questions = content_key([r["prompt"] for r in records])
+        scoring = option_scoring_key(task, records)  # the same for every variant of this task
         zoo_task = os.path.join(config.zoo_dir, t)
         details, todo = {}, {}
         for name, lora, saved, key in (
@@ -304,8 +305,7 @@ def accuracy_table(base_model, v: Variants, config, requested_samples: int | Non
                 ("generated", v.generated[t], None, [lora_hash(v.generated[t])]),
                 ("cross_task", v.cross(t), None, [lora_hash(v.cross(t))])):
             got = saved_details(saved, golds) if saved else None
-            ckey = {"model": mhash, "task": t, "questions": questions, "adapter": key,
-                    **option_scoring_key(task, records)}
+            ckey = {"model": mhash, "task": t, "questions": questions, "adapter": key, **scoring}
             details[name] = got or scores.get(ckey)
             if details[name] is None:
                 todo[name] = (lora, ckey)
