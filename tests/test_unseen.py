@@ -60,6 +60,43 @@ def family_zoo(tiny_smollm2_vocab, tmp_path_factory):
     return tiny, zoo, root, family_split(("format",), tasks=tasks)
 
 
+def test_gains_pool_seed_averaged_questions_over_tasks():
+    """Each question's hits are averaged over the seeds, then the paired differences are pooled over tasks: n
+    counts questions, not seeds × questions. Expected values are worked out by hand."""
+    from llgbm_jax.evaluation.supervision import pooled_gains
+    from llgbm_jax.evaluation.unseen import summarize_seen
+
+    class Split:
+        group = staticmethod(lambda t: {"c": "inside", "d": "kind"}[t])
+
+    seen_base, unseen_base = {"a": [0, 0, 1], "b": [1, 0, 0]}, {"c": [0, 0], "d": [0, 1]}
+    seen_gen = [{"a": [1, 0, 1], "b": [1, 1, 0]}, {"a": [1, 1, 1], "b": [0, 1, 0]}]
+    unseen_gen = [{"c": [1, 0], "d": [0, 1]}, {"c": [1, 1], "d": [1, 1]}]
+    random_text = [{"c": [0, 0], "d": [0, 0]}, {"c": [1, 0], "d": [0, 1]}]
+    fixed = {"oracle": {"c": [1, 1], "d": [1, 1]}, "mean_teachers": unseen_base,
+             "multitask": {"c": [1, 1], "d": [0, 0]}}
+    trials = [{"comparison": "steps", "mode": "delta_w", "seed": s,
+               "seen_hits": {"base": seen_base, "teacher": seen_base, "generated": seen_gen[s]},
+               "unseen_hits": {"base": unseen_base, **fixed, "generated": unseen_gen[s], "random_text": random_text[s]}}
+              for s in (0, 1)]
+    got = pooled_gains(trials, Split())["steps/delta_w"]
+    seen_diffs = [1, .5, 0, -.5, 1, 0]  # seed-averaged generated (a: 1 .5 1, b: .5 1 0) minus base
+    assert got["seeds"] == [0, 1]
+    assert got["generated"]["seen"]["n"] == 6 and got["generated"]["seen"]["gain"] == pytest.approx(1 / 3)
+    assert got["generated"]["seen"]["se"] == pytest.approx(np.std(seen_diffs, ddof=1) / np.sqrt(6))
+    assert got["generated"]["unseen"]["gain"] == pytest.approx(0.5) and got["generated"]["unseen"]["n"] == 4
+    assert got["generated"]["unseen_inside"]["gain"] == pytest.approx(0.75)
+    assert got["generated"]["unseen_kind"]["gain"] == pytest.approx(0.25)
+    assert "unseen_outside" not in got["generated"]  # no task in that group
+    assert got["minus"]["multitask"]["unseen_inside"]["gain"] == pytest.approx(-0.25)
+    assert got["minus"]["random_text"]["unseen"] == pytest.approx({"gain": 0.5, "se": 0.0, "gain_in_se": 0.0, "n": 4})
+    seen = summarize_seen({t: {"base": seen_base[t], "teacher": seen_base[t], "generated": [g[t] for g in seen_gen]}
+                           for t in seen_base})
+    assert seen["generated"]["gain"] == pytest.approx(1 / 3) and seen["generated"]["n"] == 6
+    assert seen["teacher"]["gain"] == 0 and seen["recovered"] is None
+
+
+
 @pytest.mark.parametrize("restrict", [True, False])
 def test_heldout_tasks_never_reach_training_targets_or_conditions(family_zoo, restrict):
     """With the split's seen tasks (as the study trains), no held-out task's teacher is a training or held-out

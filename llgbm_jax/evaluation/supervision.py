@@ -40,9 +40,9 @@ METRICS = ("final_loss", "delta_w_cosine", "delta_w_relative_error", "delta_cos_
 
 
 def pooled_gain(new: dict[str, list], base: dict[str, list]) -> float:
-    from llgbm_jax.evaluation.unseen import pooled
+    from llgbm_jax.evaluation.unseen import pooled_difference
 
-    return pooled([np.asarray(new[t], float) - np.asarray(base[t], float) for t in new])["gain"]
+    return pooled_difference(new, base)["gain"]
 
 
 def measure(study, gen, comp, state, seed: int, seen_tasks: list[str]) -> dict[str, Any]:
@@ -203,7 +203,7 @@ def pooled_gains(trials: list[dict], split) -> dict[str, dict]:
     seeds: per ``comparison/mode`` the generated adapter's (and random text's) gain over base on the seen tasks,
     on all held-out tasks (``unseen``) and per held-out group, and its difference to each baseline; under
     ``baselines`` the seen tasks' teachers and the held-out oracle, mean of the teachers and multi-task LoRA."""
-    from llgbm_jax.evaluation.unseen import pooled
+    from llgbm_jax.evaluation.unseen import pooled_difference
     from llgbm_jax.tasks.family_splits import GROUPS
 
     first = trials[0]
@@ -211,8 +211,8 @@ def pooled_gains(trials: list[dict], split) -> dict[str, dict]:
     seen = {"seen": list(seen_base)}
     unseen = {"unseen": list(unseen_base), **{f"unseen_{g}": [t for t in unseen_base if split.group(t) == g]
                                               for g in GROUPS}}
-    mean = lambda per_seed, t: np.mean([np.asarray(h[t], float) for h in per_seed], axis=0)
-    gains = lambda per_seed, ref, parts: {p: pooled([mean(per_seed, t) - mean(ref, t) for t in tasks])
+    by_task = lambda per_seed: {t: [h[t] for h in per_seed] for t in per_seed[0]}
+    gains = lambda per_seed, ref, parts: {p: pooled_difference(by_task(per_seed), by_task(ref), tasks)
                                           for p, tasks in parts.items() if tasks}
     baselines = ("oracle", "mean_teachers", "multitask")
     out: dict[str, dict] = {"baselines": {

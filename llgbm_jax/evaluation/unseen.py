@@ -249,15 +249,26 @@ def pooled(diffs: list[np.ndarray]) -> dict[str, float]:
     return mean_difference(np.concatenate(diffs))
 
 
+def seed_mean(hits) -> np.ndarray:
+    """Per-question hits as floats: one list as it is, hits per seed (a list of lists) averaged over the seeds."""
+    h = np.asarray(hits, np.float64)
+    return h.mean(axis=0) if h.ndim == 2 else h
+
+
+def pooled_difference(new: dict, ref: dict, tasks=None) -> dict[str, float]:
+    """`pooled` of ``new[t] - ref[t]`` over ``tasks`` (default: every task of ``new``), each side's hits first
+    averaged over its seeds (`seed_mean`)."""
+    return pooled([seed_mean(new[t]) - seed_mean(ref[t]) for t in (new if tasks is None else tasks)])
+
+
 def summarize(hits: dict, split, scores=SCORES) -> dict[str, Any]:
     """Per held-out task and per group: accuracy of every variant, its gain over base, the generated adapter's
     difference to every baseline (paired, pooled) and the share of the oracle's gain it recovers."""
     from llgbm_jax.tasks.family_splits import GROUPS
 
     out: dict[str, Any] = {"tasks": {}, "groups": {}}
-    mean_hits = {t: {v: {s: np.mean(np.asarray(h[v][s], np.float64), axis=0) if v in GENERATED
-                         else np.asarray(h[v][s], np.float64) for s in scores if s in h["base"]}
-                     for v in VARIANTS if v in h} for t, h in hits.items()}
+    mean_hits = {t: {v: {s: seed_mean(h[v][s]) for s in scores if s in h["base"]} for v in VARIANTS if v in h}
+                 for t, h in hits.items()}
     for t, h in mean_hits.items():
         out["tasks"][t] = {"group": split.group(t), "n": len(h["base"]["cloze"]),
                            **{s: {v: float(h[v][s].mean()) for v in h} for s in h["base"]}}
@@ -286,9 +297,9 @@ def summarize_seen(seen_hits: dict) -> dict[str, Any]:
     and the share of the teachers' gain recovered."""
     if not seen_hits:
         return {}
-    base = {t: np.asarray(h["base"], np.float64) for t, h in seen_hits.items()}
-    gain = lambda new: pooled([np.asarray(new(h), np.float64) - base[t] for t, h in seen_hits.items()])
-    teacher, generated = gain(lambda h: h["teacher"]), gain(lambda h: np.mean(h["generated"], axis=0))
+    gain = lambda v: pooled_difference({t: h[v] for t, h in seen_hits.items()},
+                                       {t: h["base"] for t, h in seen_hits.items()})
+    teacher, generated = gain("teacher"), gain("generated")
     return {"tasks": list(seen_hits), "teacher": teacher, "generated": generated, "hits": seen_hits,
             "recovered": generated["gain"] / teacher["gain"] if teacher["gain"] > 0 else None}
 
