@@ -68,6 +68,9 @@ class UnseenConfig:
     num_probes: int = 8  # behavioural probes (the dataset's deltas; the ΔW loss does not use them)
     max_probe_length: int = 64
     mode: str = "delta_w"  # the generators' supervision (a key of MODES); another writes to run_dir/<mode>
+    # Each generated adapter is the multi-task LoRA plus the generator's correction (TrainingConfig.base_adapter);
+    # writes to run_dir/<mode>_on_multitask.
+    on_multitask: bool = False
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -77,12 +80,15 @@ class UnseenConfig:
     def generators_dir(self) -> str:
         """Where the generators, results and plot go: the study's folder for ``delta_w``, else a subfolder per mode
         (the split, multi-task LoRA and score cache stay shared)."""
+        if self.on_multitask:
+            return os.path.join(self.run_dir, f"{self.mode}_on_multitask")
         return self.run_dir if self.mode == "delta_w" else os.path.join(self.run_dir, self.mode)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        if self.mode == "delta_w":  # the default: studies written before the field match
-            del d["mode"]
+        for field, default in (("mode", "delta_w"), ("on_multitask", False)):
+            if d[field] == default:  # studies written before the field match
+                del d[field]
         return d
 
 

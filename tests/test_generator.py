@@ -352,6 +352,54 @@ def test_save_load_round_trip_and_bad_files(tmp_path):
         load_generator(str(tmp_path))
 
 
+def test_base_adapter_is_added_to_every_generated_adapter(tmp_path):
+    """With a base adapter every generated adapter is it plus the correction (ranks concatenated, scaling folded):
+    untrained, exactly the base's ΔW for every condition, and the B heads get a gradient; the output scale is fitted
+    on the teachers' ΔW minus the base's; the base travels in the saved generator's file (its PEFT folder may go);
+    raw-factor supervision and an adapter on other modules are refused."""
+    from llgbm_jax.lora.adapter import delta_w
+    from llgbm_jax.lora.peft import save_peft_adapter
+
+    teachers = _teachers(2)
+    base = jax.tree_util.tree_map(lambda x: x[0], teachers)  # one adapter, r 4 at scaling 2
+    save_peft_adapter(base, str(tmp_path / "base"))
+    config = SMALL.replace(base_adapter=str(tmp_path / "base"))
+    gen = create_generator(config, model_config=TINY, seed=3)
+    cond = lambda n: jax.random.normal(jax.random.PRNGKey(n), (n, gen.cond_dim))
+    out = generate(gen, cond(3))
+    check_lora(out, TINY)
+    assert out.batch_shape == (3,) and out.config.rank == SMALL.lora_rank + 4 and out.config.scaling == 1
+    for m in ALL_MODULES:
+        np.testing.assert_allclose(delta_w(out, m), jnp.broadcast_to(delta_w(base, m), delta_w(out, m).shape),
+                                   rtol=1e-5, atol=1e-7)
+    graphdef, params, rest = nnx.split(gen, nnx.Param, ...)
+    grads = jax.grad(lambda p: DeltaWLoss()(generator_fn(graphdef, rest)(p, cond(2)), teachers))(params)
+    assert all(float(jnp.abs(g[...]).sum()) > 0 for k, g in nnx.to_flat_state(grads) if k[0] == "b_heads")
+
+    gen.fit_output_scale(teachers)  # the residuals: teacher 0 is the base (0), teacher 1 minus the base
+    s = teachers.config.scaling
+    residual = LoRA(A={m: jnp.concatenate([a[1:], a[:1]], -2) for m, a in teachers.A.items()},
+                    B={m: jnp.concatenate([s * b[1:], -s * b[:1]], -1) for m, b in teachers.B.items()},
+                    config=LoRAConfig(8, 8.0))  # teacher 1's ΔW minus teacher 0's, as one adapter
+    plain = tiny_generator()
+    plain.fit_output_scale(residual)  # RMS over one adapter, not two of which one is zero: √2 larger
+    np.testing.assert_allclose(np.sqrt(2) * np.asarray(gen.b_scale[...]), np.asarray(plain.b_scale[...]), rtol=1e-5)
+
+    gen.b_heads["q_proj"].bias[...] = 0.01  # a non-zero correction
+    path = save_generator(gen, str(tmp_path / "gen"))
+    import shutil
+
+    shutil.rmtree(tmp_path / "base")
+    loaded, _ = load_generator(path)
+    before, after = generate(gen, cond(2)), generate(loaded, cond(2))
+    for m in ALL_MODULES:
+        np.testing.assert_array_equal(np.asarray(delta_w(before, m)), np.asarray(delta_w(after, m)))
+    with pytest.raises(ValueError, match="base_adapter"):
+        SMALL.replace(base_adapter="x", weight_loss="factors")
+    with pytest.raises(ValueError, match="set_base_adapter: expected one adapter on the modules"):
+        tiny_generator().set_base_adapter(teachers)
+
+
 def test_generate_lora_from_prompts():
     """One adapter from a list of prompts: the generator applied to the mean of their MiniLM embeddings.
     With the encoder attached (freeze_text_encoder=False: trained jointly, its weights in the parameters)

@@ -275,6 +275,39 @@ def test_study_of_another_supervision_mode_shares_split_teachers_and_baselines(s
         dataclasses.replace(cfg, mode="ΔW")
 
 
+def test_generators_on_the_multitask_lora_add_a_correction_to_it(study, monkeypatch):
+    """``on_multitask``: its own folder, the same split and baselines (nothing retrained), and every generated
+    adapter is the multi-task LoRA plus the generator's correction (with the B heads zeroed, exactly its ΔW)."""
+    from llgbm_jax.evaluation import unseen
+    from llgbm_jax.generator.model import generate_lora
+    from llgbm_jax.lora.adapter import delta_w
+
+    tiny, cfg, result, _ = study
+
+    def refuse(*a, **k):
+        raise AssertionError("a teacher or the multi-task LoRA was trained again")
+
+    for name in ("llgbm_jax.teachers.zoo.train_run", "llgbm_jax.teachers.run.train_run"):
+        monkeypatch.setattr(name, refuse)
+    on = dataclasses.replace(cfg, on_multitask=True, seeds=(0,))
+    got = unseen.run(on, base_model=tiny, show_progress=False)
+    out = os.path.join(cfg.run_dir, "delta_w_on_multitask")
+    assert os.path.isfile(os.path.join(out, "results.json")) and os.path.isfile(os.path.join(out, "unseen.png"))
+    assert got["config"]["on_multitask"] is True and "on_multitask" not in cfg.to_dict()
+    for h, hits in got["hits"].items():
+        for v in ("base", "oracle", "mean_teachers", "multitask"):
+            assert hits[v] == result["hits"][h][v]
+    st = unseen.prepare(on, base_model=tiny, show_progress=False)
+    gen, comp, _ = unseen.train_generator(st, 0, show_progress=False)  # finished: restored, not trained
+    assert gen.training_config.base_adapter == unseen.multitask_path(on, st.multitask_steps)
+    for head in gen.b_heads.values():
+        head.kernel[...], head.bias[...] = 0 * head.kernel[...], 0 * head.bias[...]
+    h = st.heldout[0]
+    lora = generate_lora(gen, unseen.example_prompts(h, on.num_prompts, 0), comp.text_encoder)
+    for m in st.multitask.modules:
+        np.testing.assert_allclose(delta_w(lora, m), delta_w(st.multitask, m), rtol=1e-4, atol=1e-7)
+
+
 def test_ablation_trial_at_the_studys_steps_is_the_studys_generator(study, tmp_path, monkeypatch):
     """A steps trial of the study's step count measures the study's generator of that mode and seed (trained by the
     `study` fixture) instead of training a second one; at another step count it trains in the ablation's folder."""

@@ -141,6 +141,9 @@ def add_unseen(ap):
     ap.add_argument("--no-exact-match", action="store_true", help="cloze only")
     ap.add_argument("--mode", default=d.mode, choices=list(MODES),
                     help="the generators' supervision (default: delta_w; another writes to RUN_DIR/MODE)")
+    ap.add_argument("--on-multitask", action="store_true",
+                    help="each generated adapter is the multi-task LoRA plus the generator's correction "
+                         "(writes to RUN_DIR/MODE_on_multitask)")
     ap.add_argument("--no-progress", action="store_true")
 
 
@@ -155,7 +158,7 @@ def run_unseen(args):
                        held_out_kinds=tuple(args.held_out_kinds), seeds=tuple(args.seeds), steps=args.steps,
                        eval_samples=args.eval_samples, multitask_steps=args.multitask_steps,
                        description_share=args.description_share, exact_match=not args.no_exact_match,
-                       mode=args.mode)
+                       mode=args.mode, on_multitask=args.on_multitask)
     run(cfg, show_progress=not args.no_progress)
     return 0
 

@@ -21,7 +21,9 @@ generator on a few seen tasks (held-out prompts) beside their teachers; the teac
 tasks, one kind, different kinds) show how related tasks sit in weight space. Everything is resumable: the zoo, the
 multi-task LoRA and the generators resume, scores are cached by adapter content. Writes ``split.json`` to
 ``run_dir``, ``results.json`` and ``unseen.png`` to ``run_dir`` (``run_dir/<mode>`` for generators supervised by
-another mode than ΔW, ``UnseenConfig.mode``: they share the split, the multi-task LoRA and the score cache).
+another mode than ΔW, ``UnseenConfig.mode``, and ``run_dir/<mode>_on_multitask`` for generators that write a
+correction on top of the multi-task LoRA, ``UnseenConfig.on_multitask``: they share the split, the multi-task LoRA
+and the score cache).
 """
 
 from __future__ import annotations
@@ -118,12 +120,16 @@ def train_multitask(config: UnseenConfig, zoo_cfg, seen, base_model, show_progre
     per_task = -(-steps * tcfg.batch_size // len(seen))
     pools = [get_task(t).load("train")[:per_task] for t in seen]
     records = [pool[i] for i in range(per_task) for pool in pools if i < len(pool)]
-    run_dir = os.path.join(config.run_dir, "multitask")
-    final = os.path.join(run_dir, f"step_{steps:05d}")
+    run_dir, final = os.path.join(config.run_dir, "multitask"), multitask_path(config, steps)
     if not os.path.isfile(os.path.join(final, "metrics.json")):
         train_run(base_model, get_task(seen[0]), records, tcfg, run_dir, seed=1234, show_progress=show_progress,
                   data_info={"tasks": list(seen), "records": len(records)})
     return load_peft_adapter(final, base_model.config), steps
+
+
+def multitask_path(config: UnseenConfig, steps: int) -> str:
+    """The multi-task LoRA's PEFT folder (`train_multitask`)."""
+    return os.path.join(config.run_dir, "multitask", f"step_{steps:05d}")
 
 
 def kind_table(zoo_dir: str, zoo_cfg) -> list[dict]:
@@ -441,6 +447,8 @@ def train_generator(study: Study, seed: int, *, mode: str | None = None, steps: 
     cfg = cfg.replace(batch_size=min(cfg.batch_size, len(study.seen)), output_dir=run,
                       checkpoint_dir=os.path.join(run, "checkpoints"))
     cfg = mode_config(cfg, mode or study.config.mode)
+    if study.config.on_multitask:
+        cfg = cfg.replace(base_adapter=multitask_path(study.config, study.multitask_steps))
     comp = setup_base_components(AblationConfig(tasks=tuple(study.seen)), cfg, base_model=study.base_model,
                                  show_progress=show_progress)
     if teachers_transform is not None:

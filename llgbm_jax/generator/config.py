@@ -71,6 +71,7 @@ class TrainingConfig:
     lambda_sft: float = 0.0  # weight of the end-to-end loss: the generated adapter's cross-entropy on task answers
     sft_rows: int = 4  # training examples of its task per generated adapter per step (lambda_sft > 0)
     sft_max_seq_len: int = 128  # tokens of an end-to-end example (longer ones are skipped)
+    base_adapter: str | None = None  # a PEFT folder every generated adapter adds its correction to (docs/generator.md)
 
     def __post_init__(self):
         if isinstance(self.target_modules, list):
@@ -112,6 +113,8 @@ class TrainingConfig:
         for f in ("sft_rows", "sft_max_seq_len"):
             need(isinstance(getattr(self, f), int) and getattr(self, f) > 0, f, "must be a positive integer")
         need(self.weight_loss in WEIGHT_LOSSES, "weight_loss", f"must be one of {WEIGHT_LOSSES}")
+        need(self.base_adapter is None or self.weight_loss == "delta_w", "base_adapter",
+             "raw-factor supervision (weight_loss='factors') needs the generator's own factors; use 'delta_w'")
         need(isinstance(self.warmup_steps, int) and 0 <= self.warmup_steps < self.num_steps, "warmup_steps",
              f"must be an integer in [0, num_steps={self.num_steps})")
         need(self.dtype in DTYPES, "dtype", f"must be one of {DTYPES}")

@@ -22,6 +22,11 @@ In a jitted training step use the pure-function form::
     apply = generator_fn(graphdef, rest)                       # (params, cond [N, D]) -> LoRA, batch (N,)
     loss, grads = jax.value_and_grad(lambda p: loss_fn(apply(p, cond), teacher))(params)
 
+With a *base adapter* (`LoRAGenerator.set_base_adapter`, ``TrainingConfig.base_adapter``; for example a multi-task
+LoRA of the training tasks) every generated adapter is that adapter plus the generated correction, their factors
+concatenated along the rank axis (rank r + the base's, scaling folded into B). The B heads start at zero, so an
+untrained generator returns the base adapter; the output scale is fitted on the teachers' ΔW minus the base's.
+
 A trained generator is saved for use with `save_generator` (config JSON + one safetensors file),
 loaded with `load_generator`, and turned into an adapter for a new task with `generate_lora`.
 """
@@ -74,6 +79,7 @@ class LoRAGenerator(nnx.Module):
         self.a_scale = FittedStat(jnp.asarray([1.0 / math.sqrt(3 * model_config.module_shapes[m][1])
                                                for m in lora_config.target_modules], jnp.float32))  # PEFT's std
         self.b_scale = FittedStat(jnp.ones(M, jnp.float32))  # until fit_output_scale
+        self.base_A = self.base_B = nnx.data(None)  # set_base_adapter: per module [L, r_base, in], [L, out, r_base]
         self.cond_proj = nnx.Linear(cond_dim, hidden, rngs=rngs)
         emb = lambda n: EMBEDDING_INIT_STD * jax.random.normal(rngs.params(), (n, embedding_dim), jnp.float32)
         self.layer_emb, self.module_emb = nnx.Param(emb(L)), nnx.Param(emb(M))
@@ -123,12 +129,38 @@ class LoRAGenerator(nnx.Module):
                 raise ValueError(f"fit_output_scale: the teachers have no {m!r} module")
             a = np.asarray(teachers.A[m], np.float64)  # [..., L, r, in]
             b = np.asarray(teachers.B[m], np.float64) * teachers.scales(m)[:, None, :]  # [..., L, out, r]
+            if self.base_A is not None:  # the correction's size: each teacher's ΔW minus the base adapter's
+                a_b, b_b = (np.asarray(x[m][...], np.float64) for x in (self.base_A, self.base_B))
+                a = np.concatenate([a, np.broadcast_to(a_b, a.shape[:-3] + a_b.shape)], -2)
+                b = np.concatenate([b, -np.broadcast_to(b_b, b.shape[:-3] + b_b.shape)], -1)
             sq = np.einsum("...ij,...ik,...jl,...kl->...", b, b, a, a, optimize=True)  # ‖B_s A‖² via r × r Grams
             sq = sq[np.isfinite(sq)]  # a non-finite teacher is left to the training loop to report
             rms = math.sqrt(sq.sum() / (sq.size * b.shape[-2] * a.shape[-1])) if sq.size else 0.0
             denom = self.lora_config.scaling * math.sqrt(self.lora_config.rank) * float(self.a_scale[...][j])
             scales.append(rms / denom if rms > 0 else float(self.b_scale[...][j]))
         self.b_scale.set_value(jnp.asarray(scales, jnp.float32))
+
+    def set_base_adapter(self, lora: LoRA | None) -> None:
+        """Add ``lora`` (one adapter, any rank and scaling, the generator's modules) to every generated adapter;
+        None removes it. Call before `fit_output_scale`, which then fits the correction's size."""
+        if lora is None:
+            self.base_A = self.base_B = nnx.data(None)
+            return
+        from llgbm_jax.lora.ops import fold_scaling
+
+        if set(lora.modules) != set(self.lora_config.target_modules) or lora.batch_shape:
+            raise ValueError(f"set_base_adapter: expected one adapter on the modules "
+                             f"{list(self.lora_config.target_modules)}, got batch shape {lora.batch_shape} and "
+                             f"modules {list(lora.modules)}")
+        folded = fold_scaling(lora)
+        for m in self.lora_config.target_modules:
+            out, inp = self.model_config.module_shapes[m]
+            want = (self.model_config.num_layers, folded.config.rank, inp)
+            if folded.A[m].shape != want or folded.B[m].shape != (want[0], out, want[1]):
+                raise ValueError(f"set_base_adapter: {m} factors {folded.A[m].shape} / {folded.B[m].shape} do not "
+                                 f"fit this base model's [layers, rank, in] = {want} / [layers, out, rank]")
+        stat = lambda x: nnx.data(nnx.Dict({m: FittedStat(jnp.asarray(x[m], jnp.float32)) for m in folded.modules}))
+        self.base_A, self.base_B = stat(folded.A), stat(folded.B)
 
     def condition(self, embeddings: jax.Array, mask: jax.Array | None = None) -> jax.Array:
         """Pool prompt embeddings ``[N, P, cond_dim]`` over the real prompts (``mask [N, P]``) → ``[N, cond_dim]``."""
@@ -170,14 +202,20 @@ class LoRAGenerator(nnx.Module):
         n, L, r = z.shape[0], self.model_config.num_layers, self.lora_config.rank
         A, B = {}, {}
         a_scale, b_scale = self.a_scale[...], self.b_scale[...]
+        config = self.lora_config
         for j, m in enumerate(self.lora_config.target_modules):  # ≤ 7 module types; all layers at once
             out, inp = self.model_config.module_shapes[m]
             zm = z[:, :, j]
             A[m] = (a_scale[j] * self.a_heads[m](zm)).reshape(n, L, r, inp)
             B[m] = (b_scale[j] * self.b_heads[m](zm)).reshape(n, L, out, r)
+            if self.base_A is not None:  # base adapter ⊕ correction, scaling folded into B
+                a_b, b_b = self.base_A[m][...], self.base_B[m][...]
+                A[m] = jnp.concatenate([A[m], jnp.broadcast_to(a_b, (n,) + a_b.shape)], -2)
+                B[m] = jnp.concatenate([self.lora_config.scaling * B[m], jnp.broadcast_to(b_b, (n,) + b_b.shape)], -1)
+                config = LoRAConfig(A[m].shape[-2], float(A[m].shape[-2]), self.lora_config.target_modules)
             if single:
                 A[m], B[m] = A[m][0], B[m][0]
-        return LoRA(A=A, B=B, config=self.lora_config)
+        return LoRA(A=A, B=B, config=config)
 
     def num_params(self) -> int:
         """Trainable parameters (the attached text encoder's included)."""
@@ -220,6 +258,10 @@ def create_generator(config: TrainingConfig, seed: int = 0, text_encoder=None, *
     else:
         cond_dim = DEFAULT_COND_DIM
     gen = _build(config, model_config, cond_dim, seed)
+    if config.base_adapter is not None:
+        from llgbm_jax.lora.peft import load_peft_adapter
+
+        gen.set_base_adapter(load_peft_adapter(config.base_adapter, model_config))
     if not config.freeze_text_encoder:
         gen.text_encoder = _encoder_module(text_encoder)
     n = gen.num_params()
@@ -307,6 +349,11 @@ def load_generator(path: str, text_encoder=None) -> tuple[LoRAGenerator, Trainin
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:
         raise ValueError(f"{weights}: unreadable safetensors file ({type(e).__name__}: {e})") from None
+    base = {k.split("/", 1)[1]: t for k, t in tensors.items() if k.startswith("base_A/")}
+    if base:  # the base adapter travels in the file, not as a path: its factors set the shapes
+        gen.set_base_adapter(LoRA(A=base, B={m: tensors[f"base_B/{m}"] for m in base if f"base_B/{m}" in tensors},
+                                  config=LoRAConfig(next(iter(base.values())).shape[-2],
+                                                    float(next(iter(base.values())).shape[-2]), tuple(base))))
     flat = _flat_state(gen)
     unexpected = sorted(set(tensors) - set(flat))
     if unexpected:
