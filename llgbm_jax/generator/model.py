@@ -349,11 +349,14 @@ def load_generator(path: str, text_encoder=None) -> tuple[LoRAGenerator, Trainin
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:
         raise ValueError(f"{weights}: unreadable safetensors file ({type(e).__name__}: {e})") from None
-    base = {k.split("/", 1)[1]: t for k, t in tensors.items() if k.startswith("base_A/")}
-    if base:  # the base adapter travels in the file, not as a path: its factors set the shapes
-        gen.set_base_adapter(LoRA(A=base, B={m: tensors[f"base_B/{m}"] for m in base if f"base_B/{m}" in tensors},
-                                  config=LoRAConfig(next(iter(base.values())).shape[-2],
-                                                    float(next(iter(base.values())).shape[-2]), tuple(base))))
+    base_A = {k.removeprefix("base_A/"): t for k, t in tensors.items() if k.startswith("base_A/")}
+    if base_A:  # the base adapter travels in the file (scaling folded into B), not as a path
+        missing = [f"base_B/{m}" for m in base_A if f"base_B/{m}" not in tensors]
+        if missing:
+            raise ValueError(f"{weights}: missing tensor(s) {missing}")
+        rank = next(iter(base_A.values())).shape[-2]
+        gen.set_base_adapter(LoRA(A=base_A, B={m: tensors[f"base_B/{m}"] for m in base_A},
+                                  config=LoRAConfig(rank, float(rank), tuple(base_A))))
     flat = _flat_state(gen)
     unexpected = sorted(set(tensors) - set(flat))
     if unexpected:
