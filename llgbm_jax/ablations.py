@@ -78,8 +78,8 @@ class UnseenConfig:
 
     @property
     def generators_dir(self) -> str:
-        """Where the generators, results and plot go: the study's folder for ``delta_w``, else a subfolder per mode
-        (the split, multi-task LoRA and score cache stay shared)."""
+        """Where the generators, results and plot go: the study's folder for ``delta_w``, else a subfolder per mode,
+        ``<mode>_on_multitask`` with ``on_multitask`` (the split, multi-task LoRA and score cache stay shared)."""
         if self.on_multitask:
             return os.path.join(self.run_dir, f"{self.mode}_on_multitask")
         return self.run_dir if self.mode == "delta_w" else os.path.join(self.run_dir, self.mode)
