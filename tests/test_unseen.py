@@ -231,18 +231,34 @@ def test_shared_initialisation_aligns_related_teachers(study, tmp_path):
     assert together["neighbours"]["mean"] > max(0.1, 4 * apart["neighbours"]["mean"]), (together, apart)
 
 
+TRAINING = ("llgbm_jax.teachers.zoo.train_run", "llgbm_jax.teachers.run.train_run")
+
+
+def refuse_calls(monkeypatch, names, why: str) -> None:
+    """Make each function named in ``names`` fail the test with ``why`` if it is called."""
+    def refuse(*a, **k):
+        raise AssertionError(why)
+
+    for name in names:
+        monkeypatch.setattr(name, refuse)
+
+
+def assert_same_baselines(got: dict, result: dict) -> None:
+    """The same held-out tasks and the same hits for every baseline that does not depend on a generator."""
+    assert set(got["hits"]) == set(result["hits"])
+    for h, hits in got["hits"].items():
+        for v in ("base", "oracle", "mean_teachers", "multitask"):
+            assert hits[v] == result["hits"][h][v], (h, v)
+
+
 def test_study_rerun_trains_and_scores_nothing(study, monkeypatch):
     from llgbm_jax.evaluation import unseen
 
     tiny, cfg, result, _ = study
 
-    def refuse(*a, **k):
-        raise AssertionError("a finished study trained or scored again")
-
-    for name in ("llgbm_jax.teachers.zoo.train_run", "llgbm_jax.teachers.run.train_run",
-                 "llgbm_jax.scoring.accuracy.compute_accuracy_with_lora",
-                 "llgbm_jax.scoring.accuracy.exact_match_accuracy"):
-        monkeypatch.setattr(name, refuse)
+    refuse_calls(monkeypatch, TRAINING + ("llgbm_jax.scoring.accuracy.compute_accuracy_with_lora",
+                                          "llgbm_jax.scoring.accuracy.exact_match_accuracy"),
+                 "a finished study trained or scored again")
     again = unseen.run(cfg, base_model=tiny, show_progress=False)
     assert again["hits"] == result["hits"] and again["summary"] == result["summary"]
 
@@ -253,11 +269,7 @@ def test_study_of_another_supervision_mode_shares_split_teachers_and_baselines(s
 
     tiny, cfg, result, _ = study
 
-    def refuse(*a, **k):
-        raise AssertionError("a teacher or the multi-task LoRA was trained again")
-
-    for name in ("llgbm_jax.teachers.zoo.train_run", "llgbm_jax.teachers.run.train_run"):
-        monkeypatch.setattr(name, refuse)
+    refuse_calls(monkeypatch, TRAINING, "a teacher or the multi-task LoRA was trained again")
     made = []
     real = sft_data.SFTData
     monkeypatch.setattr(sft_data, "SFTData", lambda *a, **k: made.append(1) or real(*a, **k))
@@ -268,9 +280,7 @@ def test_study_of_another_supervision_mode_shares_split_teachers_and_baselines(s
     assert os.path.isfile(os.path.join(out, "results.json")) and os.path.isfile(os.path.join(out, "unseen.png"))
     assert sft["config"]["mode"] == "sft" and "mode" not in cfg.to_dict()
     assert unseen.load_results(cfg.run_dir)["config"] == json.loads(json.dumps(cfg.to_dict()))  # ΔW study's, kept
-    for h, hits in sft["hits"].items():  # the same split and the same baselines' scores
-        for v in ("base", "oracle", "mean_teachers", "multitask"):
-            assert hits[v] == result["hits"][h][v]
+    assert_same_baselines(sft, result)
     with pytest.raises(ValueError, match="unknown supervision mode"):
         dataclasses.replace(cfg, mode="ΔW")
 
@@ -284,19 +294,13 @@ def test_generators_on_the_multitask_lora_add_a_correction_to_it(study, monkeypa
 
     tiny, cfg, result, _ = study
 
-    def refuse(*a, **k):
-        raise AssertionError("a teacher or the multi-task LoRA was trained again")
-
-    for name in ("llgbm_jax.teachers.zoo.train_run", "llgbm_jax.teachers.run.train_run"):
-        monkeypatch.setattr(name, refuse)
+    refuse_calls(monkeypatch, TRAINING, "a teacher or the multi-task LoRA was trained again")
     on = dataclasses.replace(cfg, on_multitask=True, seeds=(0,))
     got = unseen.run(on, base_model=tiny, show_progress=False)
     out = os.path.join(cfg.run_dir, "delta_w_on_multitask")
     assert os.path.isfile(os.path.join(out, "results.json")) and os.path.isfile(os.path.join(out, "unseen.png"))
     assert got["config"]["on_multitask"] is True and "on_multitask" not in cfg.to_dict()
-    for h, hits in got["hits"].items():
-        for v in ("base", "oracle", "mean_teachers", "multitask"):
-            assert hits[v] == result["hits"][h][v]
+    assert_same_baselines(got, result)
     st = unseen.prepare(on, base_model=tiny, show_progress=False)
     gen, comp, _ = unseen.train_generator(st, 0, show_progress=False)  # finished: restored, not trained
     assert gen.training_config.base_adapter == unseen.multitask_path(on, st.multitask_steps)

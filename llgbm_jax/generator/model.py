@@ -203,16 +203,18 @@ class LoRAGenerator(nnx.Module):
         A, B = {}, {}
         a_scale, b_scale = self.a_scale[...], self.b_scale[...]
         config = self.lora_config
+        if self.base_A is not None:  # base adapter ⊕ correction: ranks add up, scaling folded into B
+            rank = r + next(iter(self.base_A.values()))[...].shape[-2]
+            config = LoRAConfig(rank, float(rank), self.lora_config.target_modules)
         for j, m in enumerate(self.lora_config.target_modules):  # ≤ 7 module types; all layers at once
             out, inp = self.model_config.module_shapes[m]
             zm = z[:, :, j]
             A[m] = (a_scale[j] * self.a_heads[m](zm)).reshape(n, L, r, inp)
             B[m] = (b_scale[j] * self.b_heads[m](zm)).reshape(n, L, out, r)
-            if self.base_A is not None:  # base adapter ⊕ correction, scaling folded into B
+            if self.base_A is not None:
                 a_b, b_b = self.base_A[m][...], self.base_B[m][...]
                 A[m] = jnp.concatenate([A[m], jnp.broadcast_to(a_b, (n,) + a_b.shape)], -2)
                 B[m] = jnp.concatenate([self.lora_config.scaling * B[m], jnp.broadcast_to(b_b, (n,) + b_b.shape)], -1)
-                config = LoRAConfig(A[m].shape[-2], float(A[m].shape[-2]), self.lora_config.target_modules)
             if single:
                 A[m], B[m] = A[m][0], B[m][0]
         return LoRA(A=A, B=B, config=config)
